@@ -1,0 +1,62 @@
+//! Relay settings: one struct, read from flags and environment (clap).
+//! `realchat-relay --help` lists every setting with its default.
+
+/// Settings of the `realchat-relay` process. Durations are milliseconds where
+/// the name ends in `_ms`.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "realchat-relay", version, about = "RealChat Auth outbox relay to Kafka")]
+pub struct RelayConfig {
+    /// PostgreSQL connection URL (the auth server's database).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/realchat_auth"
+    )]
+    pub database_url: String,
+
+    /// Kafka bootstrap servers, comma-separated host:port.
+    #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS", default_value = "127.0.0.1:9092")]
+    pub kafka_bootstrap_servers: String,
+
+    /// Topic name prefix; each aggregate type goes to `<prefix><aggregatetype>`
+    /// (so user events go to `realchat.auth.user`).
+    #[arg(long, env = "RELAY_TOPIC_PREFIX", default_value = "realchat.auth.")]
+    pub topic_prefix: String,
+
+    /// Aggregate types whose topics are created at start when absent; other
+    /// aggregate types get their topic when their first row is claimed.
+    #[arg(long, env = "RELAY_AGGREGATE_TYPES", default_value = "user", value_delimiter = ',')]
+    pub aggregate_types: Vec<String>,
+
+    /// Partitions of a topic the relay creates.
+    #[arg(long, env = "RELAY_TOPIC_PARTITIONS", default_value_t = 3)]
+    pub topic_partitions: i32,
+
+    /// Replication factor of a topic the relay creates.
+    #[arg(long, env = "RELAY_TOPIC_REPLICATION", default_value_t = 1)]
+    pub topic_replication: i32,
+
+    /// Most outbox rows claimed and produced per batch.
+    #[arg(long, env = "RELAY_BATCH_SIZE", default_value_t = 500,
+          value_parser = clap::value_parser!(i64).range(1..=100_000))]
+    pub batch_size: i64,
+
+    /// Poll interval in ms: the fallback when no NOTIFY arrives.
+    #[arg(long, env = "RELAY_POLL_INTERVAL_MS", default_value_t = 1000)]
+    pub poll_interval_ms: u64,
+
+    /// librdkafka `message.timeout.ms`: how long a message may wait for the
+    /// broker's acknowledgement before its delivery fails and the row is
+    /// retried, in ms.
+    #[arg(long, env = "RELAY_DELIVERY_TIMEOUT_MS", default_value_t = 30_000)]
+    pub delivery_timeout_ms: u64,
+
+    /// Most wait between retries after a failed batch, in ms (the backoff
+    /// doubles from the poll interval up to this).
+    #[arg(long, env = "RELAY_MAX_BACKOFF_MS", default_value_t = 30_000)]
+    pub max_backoff_ms: u64,
+
+    /// CloudEvents `ce_source` header value.
+    #[arg(long, env = "RELAY_CE_SOURCE", default_value = "/realchat/auth")]
+    pub ce_source: String,
+}

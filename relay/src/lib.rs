@@ -1,0 +1,202 @@
+//! The outbox relay: tails the `outbox` table and publishes each row to Kafka
+//! with at-least-once delivery.
+//!
+//! Loop: wait for the outbox table; hold the relay's advisory lock (one
+//! publisher at a time); then repeatedly claim unpublished rows by the
+//! `published_at IS NULL` flag in `seq` order, produce them with the
+//! idempotent producer (`acks=all`, key = aggregate id, CloudEvents headers),
+//! await every delivery report, and mark published only the acknowledged
+//! prefix of the batch. Wakes on `LISTEN outbox`, polls as a fallback.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod config;
+mod kafka;
+mod outbox;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sqlx::postgres::{PgListener, PgPoolOptions};
+use sqlx::{Connection as _, PgConnection, PgPool};
+use tokio::time::{Instant, sleep};
+
+pub use config::RelayConfig;
+
+/// Key of the PostgreSQL advisory lock that the active relay holds.
+pub const ADVISORY_LOCK_KEY: i64 = 0x5245_4c41_5931; // "RELAY1"
+
+/// Runs the relay until `shutdown` completes. The batch in flight when it
+/// does is finished (produced, acknowledged, marked) before returning.
+///
+/// # Errors
+/// Only start-up failures that retrying cannot fix (bad settings, a producer
+/// that librdkafka refuses to create). Database and broker outages are
+/// waited out with backoff.
+pub async fn run(config: RelayConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    tokio::pin!(shutdown);
+    let producer = kafka::producer(&config).context("creating the Kafka producer")?;
+    let poll = Duration::from_millis(config.poll_interval_ms.max(1));
+
+    let setup = async {
+        let pool = connect_with_retry(&config.database_url, poll).await;
+        wait_for_outbox(&pool, poll).await;
+        let lock_conn = acquire_lock(&config.database_url, poll).await;
+        (pool, lock_conn)
+    };
+    let (pool, _lock_conn) = tokio::select! {
+        ready = setup => ready,
+        () = &mut shutdown => return Ok(()),
+    };
+    tracing::info!("holding the relay lock; publishing");
+
+    let mut topics = HashSet::new();
+    for aggregate in &config.aggregate_types {
+        let topic = format!("{}{aggregate}", config.topic_prefix);
+        match kafka::ensure_topic(&config, &topic).await {
+            Ok(()) => {
+                topics.insert(topic);
+            }
+            Err(e) => tracing::warn!(%topic, error = %e, "cannot create topic yet; will retry"),
+        }
+    }
+
+    let mut listener = listen(&pool).await;
+    let mut backoff = poll;
+    loop {
+        let outcome = outbox::drain_batch(&pool, &producer, &config, &mut topics).await;
+        let wait = match outcome {
+            Ok(claimed) if claimed as i64 >= config.batch_size => {
+                backoff = poll;
+                Duration::ZERO
+            }
+            Ok(_) => {
+                backoff = poll;
+                poll
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "batch failed");
+                let wait = backoff;
+                backoff = (backoff * 2).min(Duration::from_millis(config.max_backoff_ms.max(1)));
+                wait
+            }
+        };
+        if wait.is_zero() {
+            continue;
+        }
+        let deadline = Instant::now() + wait;
+        tokio::select! {
+            () = &mut shutdown => break,
+            () = wake(&mut listener, deadline) => {}
+        }
+    }
+    tracing::info!("relay stopping");
+    kafka::flush(&producer);
+    pool.close().await;
+    Ok(())
+}
+
+/// Completes at the next `NOTIFY outbox` or at `deadline`, whichever is first.
+async fn wake(listener: &mut Option<PgListener>, deadline: Instant) {
+    match listener {
+        Some(l) => {
+            tokio::select! {
+                received = l.recv() => {
+                    if let Err(e) = received {
+                        tracing::warn!(error = %e, "LISTEN connection lost; polling until it returns");
+                        sleep_until(deadline).await;
+                    }
+                }
+                () = sleep_until(deadline) => {}
+            }
+        }
+        None => sleep_until(deadline).await,
+    }
+}
+
+async fn sleep_until(deadline: Instant) {
+    tokio::time::sleep_until(deadline).await;
+}
+
+async fn listen(pool: &PgPool) -> Option<PgListener> {
+    let mut listener = match PgListener::connect_with(pool).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot LISTEN; polling only");
+            return None;
+        }
+    };
+    match listener.listen("outbox").await {
+        Ok(()) => Some(listener),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot LISTEN; polling only");
+            None
+        }
+    }
+}
+
+async fn connect_with_retry(url: &str, poll: Duration) -> PgPool {
+    loop {
+        match PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await
+        {
+            Ok(pool) => return pool,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot connect to DATABASE_URL; retrying");
+                sleep(poll).await;
+            }
+        }
+    }
+}
+
+/// Waits until the auth server's migrations created the outbox table.
+async fn wait_for_outbox(pool: &PgPool, poll: Duration) {
+    let mut logged = false;
+    loop {
+        let found: Result<bool, _> =
+            sqlx::query_scalar("SELECT to_regclass('outbox') IS NOT NULL")
+                .fetch_one(pool)
+                .await;
+        match found {
+            Ok(true) => return,
+            Ok(false) if !logged => {
+                tracing::info!("waiting for the outbox table (the auth server creates it)");
+                logged = true;
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot look for the outbox table; retrying"),
+        }
+        sleep(poll).await;
+    }
+}
+
+/// Takes the relay's session-level advisory lock on a dedicated connection,
+/// waiting while another relay holds it. The lock lives as long as the
+/// returned connection.
+async fn acquire_lock(url: &str, poll: Duration) -> PgConnection {
+    let mut logged = false;
+    loop {
+        let attempt = async {
+            let mut conn = PgConnection::connect(url).await?;
+            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(ADVISORY_LOCK_KEY)
+                .fetch_one(&mut conn)
+                .await?;
+            Ok::<_, sqlx::Error>(got.then_some(conn))
+        };
+        match attempt.await {
+            Ok(Some(conn)) => return conn,
+            Ok(None) if !logged => {
+                tracing::info!("another relay holds the lock; standing by");
+                logged = true;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot take the relay lock; retrying"),
+        }
+        sleep(poll).await;
+    }
+}

@@ -1,0 +1,82 @@
+//! Server settings: one struct, read from flags and environment (clap).
+//! `realchat-auth --help` lists every setting with its default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Settings of the `realchat-auth` server. Durations are whole seconds.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "realchat-auth", version, about = "RealChat Auth gRPC server")]
+pub struct Config {
+    /// PostgreSQL connection URL.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/realchat_auth"
+    )]
+    pub database_url: String,
+
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "AUTH_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    pub grpc_addr: SocketAddr,
+
+    /// bcrypt cost factor (4..=31); each step doubles the work.
+    #[arg(long, env = "AUTH_BCRYPT_COST", default_value_t = 12,
+          value_parser = clap::value_parser!(u32).range(4..=31))]
+    pub bcrypt_cost: u32,
+
+    /// bcrypt worker threads; 0 = one per core.
+    #[arg(long, env = "AUTH_BCRYPT_THREADS", default_value_t = 0)]
+    pub bcrypt_threads: usize,
+
+    /// bcrypt jobs that may wait beyond the running ones; past it,
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "AUTH_BCRYPT_QUEUE", default_value_t = 256)]
+    pub bcrypt_queue: usize,
+
+    /// PEM file with the PKCS#8 Ed25519 private key that signs tokens. Unset:
+    /// a key is generated at start and tokens do not survive a restart.
+    #[arg(long, env = "AUTH_SIGNING_KEY_FILE")]
+    pub signing_key_file: Option<PathBuf>,
+
+    /// `iss` claim of issued tokens, required on verification.
+    #[arg(long, env = "AUTH_ISSUER", default_value = "realchat-auth")]
+    pub issuer: String,
+
+    /// `aud` claim of issued tokens, required on verification.
+    #[arg(long, env = "AUTH_AUDIENCE", default_value = "realchat")]
+    pub audience: String,
+
+    /// Access-token lifetime, seconds.
+    #[arg(long, env = "AUTH_ACCESS_TOKEN_TTL_SECS", default_value_t = 900,
+          value_parser = clap::value_parser!(i64).range(1..))]
+    pub access_token_ttl_secs: i64,
+
+    /// Refresh-token lifetime, seconds (renewed by each rotation).
+    #[arg(long, env = "AUTH_REFRESH_TOKEN_TTL_SECS", default_value_t = 2_592_000,
+          value_parser = clap::value_parser!(i64).range(1..))]
+    pub refresh_token_ttl_secs: i64,
+
+    /// Seconds during which a just-retired refresh token yields the session's
+    /// current token instead of revoking the session.
+    #[arg(long, env = "AUTH_REFRESH_REUSE_GRACE_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(i64).range(0..))]
+    pub refresh_reuse_grace_secs: i64,
+
+    /// Clock skew tolerated when checking token expiry, seconds.
+    #[arg(long, env = "AUTH_TOKEN_LEEWAY_SECS", default_value_t = 30)]
+    pub token_leeway_secs: u64,
+
+    /// Most connections in the PostgreSQL pool.
+    #[arg(long, env = "AUTH_DB_MAX_CONNECTIONS", default_value_t = 10)]
+    pub db_max_connections: u32,
+
+    /// Seconds a request waits for a database connection before UNAVAILABLE.
+    #[arg(long, env = "AUTH_DB_ACQUIRE_TIMEOUT_SECS", default_value_t = 5)]
+    pub db_acquire_timeout_secs: u64,
+
+    /// Log format: `text` (human-readable) or `json`.
+    #[arg(long, env = "AUTH_LOG_FORMAT", default_value = "text",
+          value_parser = ["text", "json"])]
+    pub log_format: String,
+}

@@ -1,0 +1,40 @@
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::Email;
+
+/// The `UserRegistered` event, written to the outbox in the `Register`
+/// transaction and published by the relay to the user topic.
+///
+/// Payload (JSON, fields are only ever added):
+/// `{"event_id": uuid, "user_id": uuid, "email": string,
+///   "registered_at": RFC 3339 UTC timestamp}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct UserRegistered {
+    /// The event id: the outbox row's `id` and the `ce_id` header.
+    pub event_id: Uuid,
+    pub user_id: Uuid,
+    /// The normalised email.
+    pub email: String,
+    /// When the user was created, RFC 3339 with microseconds, UTC.
+    pub registered_at: String,
+}
+
+impl UserRegistered {
+    /// Outbox `aggregatetype` of user events; the relay publishes them to the
+    /// topic named after it.
+    pub const AGGREGATE_TYPE: &'static str = "user";
+    /// Outbox `type` of this event.
+    pub const EVENT_TYPE: &'static str = "UserRegistered";
+
+    /// The event for a user created at `at`, with a fresh (v7) event id.
+    pub fn new(user_id: Uuid, email: &Email, at: DateTime<Utc>) -> Self {
+        Self {
+            event_id: Uuid::now_v7(),
+            user_id,
+            email: email.as_str().to_owned(),
+            registered_at: at.to_rfc3339_opts(SecondsFormat::Micros, true),
+        }
+    }
+}

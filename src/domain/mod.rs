@@ -1,0 +1,37 @@
+//! Domain types that parse: once a value of these types exists it is valid, so
+//! the service and the store never check it again.
+//!
+//! - [`Email`]: the normalised, validated form of an email address.
+//! - [`NewPassword`]: a password that satisfies the registration policy.
+//! - [`PasswordAttempt`]: a password presented at login (normalised only).
+//! - [`UserRegistered`]: the event written to the outbox by `Register`.
+
+mod email;
+mod event;
+mod password;
+
+pub use email::{Email, EmailError};
+pub use event::UserRegistered;
+pub use password::{MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS, NewPassword, PasswordAttempt, PasswordError};
+
+use unicode_normalization::UnicodeNormalization;
+
+/// A rule broken by one request field, reported to clients as a
+/// `google.rpc.BadRequest.FieldViolation`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    /// The request field, as named in the proto (`email`, `password`, …).
+    pub field: &'static str,
+    /// Why the value was refused, written for the caller.
+    pub description: String,
+}
+
+/// True when `s` holds a NUL or any other Unicode control character (Cc).
+pub(crate) fn has_control_char(s: &str) -> bool {
+    s.chars().any(char::is_control)
+}
+
+/// NFKC-normalises `s` (Unicode Standard Annex #15).
+pub(crate) fn nfkc(s: &str) -> String {
+    s.nfkc().collect()
+}

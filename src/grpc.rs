@@ -1,0 +1,132 @@
+//! The gRPC adapter: proto messages in, domain calls, proto messages out, and
+//! the ONE mapping from [`ServiceError`] to `tonic::Status`.
+
+use std::sync::Arc;
+
+use tonic::{Code, Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::proto::auth_api_server::AuthApi;
+use crate::proto::{
+    LoginRequest, LoginResponse, LogoutRequest, LogoutResponse, RefreshRequest, RefreshResponse,
+    RegisterRequest, RegisterResponse,
+};
+use crate::service::{AuthService, ServiceError, TokenPair};
+
+/// `AuthApi` over an [`AuthService`].
+pub struct GrpcApi {
+    service: Arc<AuthService>,
+}
+
+impl GrpcApi {
+    pub fn new(service: Arc<AuthService>) -> Self {
+        Self { service }
+    }
+}
+
+const TOKEN_TYPE: &str = "Bearer";
+
+#[tonic::async_trait]
+impl AuthApi for GrpcApi {
+    async fn register(
+        &self,
+        request: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterResponse>, Status> {
+        let RegisterRequest { email, password } = request.into_inner();
+        let user_id = self
+            .service
+            .register(&email, &password)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(RegisterResponse {
+            user_id: user_id.to_string(),
+        }))
+    }
+
+    async fn login(
+        &self,
+        request: Request<LoginRequest>,
+    ) -> Result<Response<LoginResponse>, Status> {
+        let LoginRequest { email, password } = request.into_inner();
+        let pair = self
+            .service
+            .login(&email, &password)
+            .await
+            .map_err(to_status)?;
+        let TokenPair {
+            access_token,
+            refresh_token,
+            access_expires_in,
+            refresh_expires_in,
+        } = pair;
+        Ok(Response::new(LoginResponse {
+            access_token,
+            refresh_token,
+            token_type: TOKEN_TYPE.into(),
+            expires_in: access_expires_in,
+            refresh_expires_in,
+        }))
+    }
+
+    async fn refresh(
+        &self,
+        request: Request<RefreshRequest>,
+    ) -> Result<Response<RefreshResponse>, Status> {
+        let pair = self
+            .service
+            .refresh(&request.into_inner().refresh_token)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(RefreshResponse {
+            access_token: pair.access_token,
+            refresh_token: pair.refresh_token,
+            token_type: TOKEN_TYPE.into(),
+            expires_in: pair.access_expires_in,
+            refresh_expires_in: pair.refresh_expires_in,
+        }))
+    }
+
+    async fn logout(
+        &self,
+        request: Request<LogoutRequest>,
+    ) -> Result<Response<LogoutResponse>, Status> {
+        self.service
+            .logout(&request.into_inner().refresh_token)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(LogoutResponse {}))
+    }
+}
+
+/// Maps a [`ServiceError`] to the status clients see. Internal details are
+/// logged here and never sent.
+pub fn to_status(error: ServiceError) -> Status {
+    match error {
+        ServiceError::InvalidArgument(violations) => {
+            let fields = violations
+                .into_iter()
+                .map(|v| tonic_types::FieldViolation::new(v.field, v.description))
+                .collect::<Vec<_>>();
+            Status::with_error_details(
+                Code::InvalidArgument,
+                "request has invalid fields",
+                ErrorDetails::with_bad_request(fields),
+            )
+        }
+        ServiceError::AlreadyExists => Status::already_exists("email already registered"),
+        ServiceError::InvalidCredentials => Status::unauthenticated("invalid email or password"),
+        ServiceError::InvalidToken(why) => {
+            tracing::info!(reason = %why, "refresh token refused");
+            Status::unauthenticated("invalid refresh token")
+        }
+        ServiceError::Busy => Status::resource_exhausted("server busy, retry later"),
+        ServiceError::Unavailable(e) => {
+            tracing::warn!(error = %e, "database unavailable");
+            Status::unavailable("service temporarily unavailable, retry later")
+        }
+        ServiceError::Internal(e) => {
+            tracing::error!(error = %e, "internal error");
+            Status::internal("internal error")
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! RealChat Auth: the identity service as a library, so that `main.rs` stays
+//! thin and tests start the whole server in-process.
+//!
+//! Where a request goes: [`grpc`] (proto ⇄ domain, error → status) →
+//! [`service`] (the rules, one transaction per use-case) → [`store`] (SQL).
+//! Passwords are hashed in [`password`], tokens made and checked in [`token`].
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod config;
+pub mod domain;
+pub mod grpc;
+pub mod password;
+pub mod service;
+pub mod startup;
+pub mod store;
+pub mod token;
+
+/// Code generated from `proto/realchat/auth/v1/auth_api.proto`.
+#[allow(clippy::all, missing_docs)]
+pub mod proto {
+    tonic::include_proto!("realchat.auth.v1");
+}

@@ -1,0 +1,142 @@
+//! bcrypt on a bounded CPU pool.
+//!
+//! Hashing and verification run on a dedicated rayon pool with one thread per
+//! core, never on the async worker threads, so a burst of logins cannot starve
+//! token refreshes or the database pool. The queue in front of the pool is
+//! bounded: past it, callers get [`HashError::Busy`] (RESOURCE_EXHAUSTED) at
+//! once instead of waiting without bound.
+
+use std::sync::Arc;
+
+use tokio::sync::{Semaphore, oneshot};
+use tracing::Span;
+
+use crate::domain::{NewPassword, PasswordAttempt};
+
+/// Why hashing or verification did not produce an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum HashError {
+    /// The pool's queue is full; the caller should retry later.
+    #[error("password hashing queue is full")]
+    Busy,
+    /// bcrypt refused its input (e.g. a malformed stored hash).
+    #[error("bcrypt failed: {0}")]
+    Bcrypt(#[from] bcrypt::BcryptError),
+    /// The pool dropped the job (it was shut down).
+    #[error("password hashing pool is gone")]
+    PoolGone,
+}
+
+/// Settings of a [`PasswordHasher`].
+#[derive(Debug, Clone, Copy)]
+pub struct HasherSettings {
+    /// bcrypt cost (log2 of the rounds), 4..=31.
+    pub cost: u32,
+    /// Worker threads; 0 means one per available core.
+    pub threads: usize,
+    /// Jobs that may wait for a worker beyond the ones running.
+    pub queue: usize,
+}
+
+/// A bcrypt hasher with its own bounded thread pool. Cheap to clone.
+#[derive(Clone)]
+pub struct PasswordHasher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: rayon::ThreadPool,
+    /// One permit per running or queued job.
+    permits: Arc<Semaphore>,
+    cost: u32,
+    /// A hash of a random password at the same cost, verified when the user is
+    /// unknown so that path costs what a wrong password costs.
+    dummy_hash: String,
+}
+
+impl PasswordHasher {
+    /// Starts the pool and computes the dummy hash (one bcrypt run at `cost`).
+    ///
+    /// # Errors
+    /// When the pool cannot start or `cost` is out of bcrypt's range.
+    pub fn new(settings: HasherSettings) -> anyhow::Result<Self> {
+        let threads = if settings.threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            settings.threads
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("bcrypt-{i}"))
+            .build()?;
+        let dummy_hash = bcrypt::hash(uuid::Uuid::new_v4().to_string(), settings.cost)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                pool,
+                permits: Arc::new(Semaphore::new(threads + settings.queue)),
+                cost: settings.cost,
+                dummy_hash,
+            }),
+        })
+    }
+
+    /// Hashes a new password at the configured cost; returns the modular
+    /// crypt string (`$2b$<cost>$…`).
+    ///
+    /// # Errors
+    /// [`HashError::Busy`] when the queue is full.
+    pub async fn hash(&self, password: NewPassword) -> Result<String, HashError> {
+        let cost = self.inner.cost;
+        self.run(move || Ok(bcrypt::hash(password.expose(), cost)?)).await
+    }
+
+    /// Verifies `password` against `stored`, or against the dummy hash when
+    /// `stored` is `None` (unknown user), doing the same work either way.
+    /// Returns true only for a real hash that matches.
+    ///
+    /// # Errors
+    /// [`HashError::Busy`] when the queue is full; [`HashError::Bcrypt`] for a
+    /// malformed stored hash.
+    pub async fn verify(
+        &self,
+        password: PasswordAttempt,
+        stored: Option<String>,
+    ) -> Result<bool, HashError> {
+        let inner = Arc::clone(&self.inner);
+        self.run(move || {
+            let (hash, real) = match &stored {
+                Some(hash) => (hash.as_str(), true),
+                None => (inner.dummy_hash.as_str(), false),
+            };
+            // bcrypt reads at most 72 bytes; a longer attempt cannot match a
+            // hash we made, but it still pays for one verification.
+            let candidate = password.expose();
+            let matched = if candidate.len() > crate::domain::MAX_PASSWORD_BYTES {
+                bcrypt::verify(&candidate[..0], hash).map(|_| false)?
+            } else {
+                bcrypt::verify(candidate, hash)?
+            };
+            Ok(matched && real)
+        })
+        .await
+    }
+
+    async fn run<T, F>(&self, job: F) -> Result<T, HashError>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Result<T, HashError> + Send + 'static,
+    {
+        let permit = Arc::clone(&self.inner.permits)
+            .try_acquire_owned()
+            .map_err(|_| HashError::Busy)?;
+        let (tx, rx) = oneshot::channel();
+        let span = Span::current();
+        self.inner.pool.spawn(move || {
+            let result = span.in_scope(job);
+            drop(permit);
+            // The receiver is gone only if the request was cancelled.
+            let _ = tx.send(result);
+        });
+        rx.await.map_err(|_| HashError::PoolGone)?
+    }
+}

@@ -1,0 +1,372 @@
+//! The four use-cases — register, login, refresh, logout — and their rules.
+//! One transaction per use-case; no tonic types in here: errors are
+//! [`ServiceError`], which `grpc.rs` maps to `tonic::Status` in one place.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::domain::{
+    Email, EmailError, FieldViolation, NewPassword, PasswordAttempt, PasswordError, UserRegistered,
+};
+use crate::password::{HashError, PasswordHasher};
+use crate::store::sessions::RevokeReason;
+use crate::store::{self, StoreError};
+use crate::token::{TokenError, TokenKind, TokenService};
+
+/// Why a use-case failed. Each variant maps to one gRPC status in
+/// `grpc::to_status`.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// INVALID_ARGUMENT with a `google.rpc.BadRequest` of these violations.
+    #[error("invalid argument")]
+    InvalidArgument(Vec<FieldViolation>),
+    /// ALREADY_EXISTS: the normalised email is registered.
+    #[error("email already registered")]
+    AlreadyExists,
+    /// UNAUTHENTICATED: unknown email or wrong password (one message for both).
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    /// UNAUTHENTICATED: the refresh token is invalid, expired, retired or its
+    /// session revoked. The detail is for logs only.
+    #[error("invalid refresh token: {0}")]
+    InvalidToken(String),
+    /// RESOURCE_EXHAUSTED: the bcrypt queue is full.
+    #[error("password hashing queue is full")]
+    Busy,
+    /// UNAVAILABLE: the database cannot be reached.
+    #[error(transparent)]
+    Unavailable(StoreError),
+    /// INTERNAL: a bug. Logged; never shown to clients.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Unavailable(_) => Self::Unavailable(error),
+            StoreError::Other(e) => Self::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<sqlx::Error> for ServiceError {
+    fn from(error: sqlx::Error) -> Self {
+        StoreError::from(error).into()
+    }
+}
+
+impl From<HashError> for ServiceError {
+    fn from(error: HashError) -> Self {
+        match error {
+            HashError::Busy => Self::Busy,
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<TokenError> for ServiceError {
+    fn from(error: TokenError) -> Self {
+        match error {
+            TokenError::Invalid(why) => Self::InvalidToken(why),
+            TokenError::Sign(e) => Self::Internal(e.to_string()),
+        }
+    }
+}
+
+/// A freshly issued access token and refresh token.
+#[derive(Debug, Clone)]
+pub struct TokenPair {
+    pub access_token: String,
+    pub refresh_token: String,
+    /// Seconds until the access token expires.
+    pub access_expires_in: i64,
+    /// Seconds until the refresh token expires.
+    pub refresh_expires_in: i64,
+}
+
+/// The auth use-cases over a database pool, a password hasher and a token
+/// service.
+pub struct AuthService {
+    pool: PgPool,
+    hasher: PasswordHasher,
+    tokens: TokenService,
+    /// How long a just-retired refresh token still yields the session's
+    /// current token instead of revoking the session.
+    reuse_grace: chrono::Duration,
+}
+
+impl AuthService {
+    /// Builds the service; `reuse_grace_secs` is the refresh-token reuse
+    /// grace window in seconds.
+    pub fn new(
+        pool: PgPool,
+        hasher: PasswordHasher,
+        tokens: TokenService,
+        reuse_grace_secs: i64,
+    ) -> Self {
+        Self {
+            pool,
+            hasher,
+            tokens,
+            reuse_grace: chrono::Duration::seconds(reuse_grace_secs),
+        }
+    }
+
+    /// Registers a user and writes its `UserRegistered` outbox row (and
+    /// `NOTIFY outbox`) in the same transaction. The password is hashed
+    /// before the transaction opens, so no row lock waits on bcrypt.
+    /// Returns the new user id.
+    ///
+    /// # Errors
+    /// `InvalidArgument` (every bad field at once), `AlreadyExists`, `Busy`,
+    /// `Unavailable`, `Internal`.
+    #[tracing::instrument(skip_all)]
+    pub async fn register(&self, email: &str, password: &str) -> Result<Uuid, ServiceError> {
+        let email = Email::parse(email);
+        let password = NewPassword::parse(password);
+        let (email, password) = match (email, password) {
+            (Ok(email), Ok(password)) => (email, password),
+            (email, password) => {
+                let mut violations = Vec::new();
+                if let Err(e) = email {
+                    violations.push(email_violation(e));
+                }
+                if let Err(e) = password {
+                    violations.push(password_violation(e));
+                }
+                return Err(ServiceError::InvalidArgument(violations));
+            }
+        };
+        let password_hash = self.hasher.hash(password).await?;
+
+        let user_id = Uuid::now_v7();
+        let now = Utc::now();
+        let event = UserRegistered::new(user_id, &email, now);
+        let payload = serde_json::to_value(&event)
+            .map_err(|e| ServiceError::Internal(format!("event payload: {e}")))?;
+
+        let mut tx = self.pool.begin().await?;
+        if !store::users::insert(&mut tx, user_id, &email, &password_hash, now).await? {
+            return Err(ServiceError::AlreadyExists);
+        }
+        store::outbox::insert(
+            &mut tx,
+            store::outbox::NewEvent {
+                id: event.event_id,
+                aggregatetype: UserRegistered::AGGREGATE_TYPE,
+                aggregateid: user_id.to_string(),
+                event_type: UserRegistered::EVENT_TYPE,
+                payload,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        tracing::info!(%user_id, event_id = %event.event_id, "user registered");
+        Ok(user_id)
+    }
+
+    /// Verifies the credentials and starts a session. An unknown email, an
+    /// email that cannot be valid and a wrong password all do one bcrypt
+    /// verification and give the same `InvalidCredentials`.
+    ///
+    /// # Errors
+    /// `InvalidArgument` (NUL or control characters), `InvalidCredentials`,
+    /// `Busy`, `Unavailable`, `Internal`.
+    #[tracing::instrument(skip_all)]
+    pub async fn login(&self, email: &str, password: &str) -> Result<TokenPair, ServiceError> {
+        let password = PasswordAttempt::parse(password).map_err(|e| {
+            ServiceError::InvalidArgument(vec![password_violation(e)])
+        })?;
+        let email = match Email::parse(email) {
+            Ok(email) => Some(email),
+            Err(EmailError::ControlCharacter) => {
+                return Err(ServiceError::InvalidArgument(vec![email_violation(
+                    EmailError::ControlCharacter,
+                )]));
+            }
+            // Not a registrable address, so not a registered one: same path
+            // as an unknown user.
+            Err(_) => None,
+        };
+        let credentials = match &email {
+            Some(email) => {
+                let mut conn = self.pool.acquire().await?;
+                store::users::find_credentials(&mut conn, email).await?
+            }
+            None => None,
+        };
+        let (user_id, stored) = match credentials {
+            Some(c) => (Some(c.id), Some(c.password_hash)),
+            None => (None, None),
+        };
+        let matched = self.hasher.verify(password, stored).await?;
+        let user_id = match (matched, user_id) {
+            (true, Some(user_id)) => user_id,
+            _ => return Err(ServiceError::InvalidCredentials),
+        };
+
+        let session_id = Uuid::now_v7();
+        let jti = Uuid::new_v4();
+        let iat = Utc::now().timestamp();
+        let refresh = self
+            .tokens
+            .claims(TokenKind::Refresh, user_id, session_id, jti, iat);
+        let pair = self.pair(&refresh)?;
+        let mut conn = self.pool.acquire().await?;
+        store::sessions::insert(
+            &mut conn,
+            session_id,
+            user_id,
+            jti,
+            from_secs(refresh.iat)?,
+            from_secs(refresh.exp)?,
+        )
+        .await?;
+        tracing::info!(%user_id, %session_id, "session started");
+        Ok(pair)
+    }
+
+    /// Rotates a refresh token (RFC 9700 §4.14.2):
+    /// - the session's current token: a new refresh token replaces it;
+    /// - the token retired by the latest rotation, within the grace window:
+    ///   the session's current refresh token again (re-minted, identical) and
+    ///   a new access token, so concurrent refreshes never fork a session;
+    /// - any other token of the session (retired earlier, or the previous one
+    ///   after the grace window): reuse — the whole session is revoked.
+    ///
+    /// # Errors
+    /// `InvalidArgument` (empty token), `InvalidToken`, `Unavailable`,
+    /// `Internal`.
+    #[tracing::instrument(skip_all)]
+    pub async fn refresh(&self, refresh_token: &str) -> Result<TokenPair, ServiceError> {
+        let claims = self.verify_refresh(refresh_token)?;
+        let mut tx = self.pool.begin().await?;
+        let session = store::sessions::lock(&mut tx, claims.sid)
+            .await?
+            .filter(|s| s.user_id == claims.sub)
+            .ok_or_else(|| ServiceError::InvalidToken("no such session".into()))?;
+        if session.revoked_at.is_some() {
+            return Err(ServiceError::InvalidToken("session revoked".into()));
+        }
+        let now = Utc::now();
+        if claims.jti == session.current_jti {
+            let refresh = self.tokens.claims(
+                TokenKind::Refresh,
+                session.user_id,
+                session.id,
+                Uuid::new_v4(),
+                now.timestamp(),
+            );
+            let pair = self.pair(&refresh)?;
+            store::sessions::rotate(
+                &mut tx,
+                session.id,
+                refresh.jti,
+                now,
+                from_secs(refresh.iat)?,
+                from_secs(refresh.exp)?,
+            )
+            .await?;
+            tx.commit().await?;
+            return Ok(pair);
+        }
+        let within_grace = session.previous_jti == Some(claims.jti)
+            && session
+                .rotated_at
+                .is_some_and(|at| now - at <= self.reuse_grace);
+        if within_grace {
+            tx.commit().await?;
+            let current = crate::token::Claims {
+                jti: session.current_jti,
+                iat: session.current_issued_at.timestamp(),
+                exp: session.expires_at.timestamp(),
+                ..claims
+            };
+            return self.pair(&current);
+        }
+        store::sessions::revoke(
+            &mut tx,
+            session.id,
+            session.user_id,
+            RevokeReason::RefreshTokenReuse,
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        tracing::warn!(session_id = %session.id, user_id = %session.user_id,
+            "retired refresh token reused; session revoked");
+        Err(ServiceError::InvalidToken("retired refresh token reused".into()))
+    }
+
+    /// Revokes the session of a refresh token. Any authentic token of the
+    /// session works, retired ones included; a session already revoked is
+    /// fine (idempotent).
+    ///
+    /// # Errors
+    /// `InvalidArgument` (empty token), `InvalidToken` (forged, expired or
+    /// malformed token), `Unavailable`, `Internal`.
+    #[tracing::instrument(skip_all)]
+    pub async fn logout(&self, refresh_token: &str) -> Result<(), ServiceError> {
+        let claims = self.verify_refresh(refresh_token)?;
+        let mut conn = self.pool.acquire().await?;
+        let revoked = store::sessions::revoke(
+            &mut conn,
+            claims.sid,
+            claims.sub,
+            RevokeReason::Logout,
+            Utc::now(),
+        )
+        .await?;
+        tracing::info!(session_id = %claims.sid, revoked, "logout");
+        Ok(())
+    }
+
+    fn verify_refresh(&self, token: &str) -> Result<crate::token::Claims, ServiceError> {
+        if token.is_empty() {
+            return Err(ServiceError::InvalidArgument(vec![FieldViolation {
+                field: "refresh_token",
+                description: "refresh_token must not be empty".into(),
+            }]));
+        }
+        Ok(self.tokens.verify(TokenKind::Refresh, token)?)
+    }
+
+    /// Mints `refresh` and a new access token of the same session.
+    fn pair(&self, refresh: &crate::token::Claims) -> Result<TokenPair, ServiceError> {
+        let now = Utc::now().timestamp();
+        let access = self.tokens.claims(
+            TokenKind::Access,
+            refresh.sub,
+            refresh.sid,
+            Uuid::new_v4(),
+            now,
+        );
+        Ok(TokenPair {
+            access_token: self.tokens.mint(TokenKind::Access, &access)?,
+            refresh_token: self.tokens.mint(TokenKind::Refresh, refresh)?,
+            access_expires_in: access.exp - now,
+            refresh_expires_in: (refresh.exp - now).max(0),
+        })
+    }
+}
+
+fn from_secs(secs: i64) -> Result<DateTime<Utc>, ServiceError> {
+    DateTime::from_timestamp(secs, 0)
+        .ok_or_else(|| ServiceError::Internal(format!("timestamp {secs} out of range")))
+}
+
+fn email_violation(error: EmailError) -> FieldViolation {
+    FieldViolation {
+        field: "email",
+        description: error.to_string(),
+    }
+}
+
+fn password_violation(error: PasswordError) -> FieldViolation {
+    FieldViolation {
+        field: "password",
+        description: error.to_string(),
+    }
+}

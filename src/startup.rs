@@ -1,0 +1,115 @@
+//! Builds the application from a [`Config`]: database pool and migrations,
+//! hasher, signing key, and the gRPC server bound to its port.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::config::Config;
+use crate::grpc::GrpcApi;
+use crate::password::{HasherSettings, PasswordHasher};
+use crate::proto::auth_api_server::AuthApiServer;
+use crate::service::AuthService;
+use crate::token::{SigningKey, TokenService, TokenSettings};
+use crate::store;
+
+/// A built server, bound to its address but not yet serving.
+pub struct Application {
+    listener: TcpListener,
+    service: Arc<AuthService>,
+    pool: PgPool,
+}
+
+impl Application {
+    /// Connects to PostgreSQL, applies the migrations, loads or generates the
+    /// signing key, starts the bcrypt pool and binds `config.grpc_addr`
+    /// (port 0 picks a free port; see [`Application::local_addr`]).
+    ///
+    /// # Errors
+    /// Any start-up failure, with the setting or step it concerns.
+    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        let pool = store::connect(
+            &config.database_url,
+            config.db_max_connections,
+            Duration::from_secs(config.db_acquire_timeout_secs),
+        )
+        .await
+        .context("connecting to DATABASE_URL")?;
+        store::MIGRATOR
+            .run(&pool)
+            .await
+            .context("applying database migrations")?;
+
+        let key = match &config.signing_key_file {
+            Some(path) => SigningKey::from_pem_file(path).context("AUTH_SIGNING_KEY_FILE")?,
+            None => {
+                tracing::warn!(
+                    "AUTH_SIGNING_KEY_FILE is not set: generated a signing key; \
+                     tokens will not survive a restart"
+                );
+                SigningKey::generate()?
+            }
+        };
+        tracing::info!(kid = key.kid(), "signing key loaded");
+        let tokens = TokenService::new(
+            key,
+            TokenSettings {
+                issuer: config.issuer.clone(),
+                audience: config.audience.clone(),
+                access_ttl_secs: config.access_token_ttl_secs,
+                refresh_ttl_secs: config.refresh_token_ttl_secs,
+                leeway_secs: config.token_leeway_secs,
+            },
+        );
+        let hasher = PasswordHasher::new(HasherSettings {
+            cost: config.bcrypt_cost,
+            threads: config.bcrypt_threads,
+            queue: config.bcrypt_queue,
+        })
+        .context("starting the bcrypt pool (AUTH_BCRYPT_*)")?;
+        let service = Arc::new(AuthService::new(
+            pool.clone(),
+            hasher,
+            tokens,
+            config.refresh_reuse_grace_secs,
+        ));
+        let listener = TcpListener::bind(config.grpc_addr)
+            .await
+            .with_context(|| format!("binding AUTH_GRPC_ADDR {}", config.grpc_addr))?;
+        Ok(Self {
+            listener,
+            service,
+            pool,
+        })
+    }
+
+    /// The address the gRPC server is bound to.
+    ///
+    /// # Errors
+    /// When the socket has no local address (it always has once bound).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves gRPC until `shutdown` completes, then stops accepting, lets
+    /// in-flight requests finish and closes the database pool.
+    ///
+    /// # Errors
+    /// A transport failure of the server.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let addr = self.local_addr()?;
+        tracing::info!(%addr, "gRPC server listening");
+        tonic::transport::Server::builder()
+            .add_service(AuthApiServer::new(GrpcApi::new(self.service)))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
+            .await?;
+        self.pool.close().await;
+        Ok(())
+    }
+}

@@ -1,0 +1,45 @@
+//! The `outbox` table (Debezium Outbox Event Router column names).
+
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::StoreError;
+
+/// NOTIFY channel the relay LISTENs on; the payload is empty: a wake-up,
+/// never data.
+pub const CHANNEL: &str = "outbox";
+
+/// One outbox row to write.
+#[derive(Debug)]
+pub struct NewEvent<'a> {
+    /// The event id (`ce_id` on the wire).
+    pub id: Uuid,
+    pub aggregatetype: &'a str,
+    pub aggregateid: String,
+    pub event_type: &'a str,
+    pub payload: serde_json::Value,
+}
+
+/// Inserts the event and queues `NOTIFY outbox`, which PostgreSQL delivers
+/// when (and only if) the surrounding transaction commits.
+///
+/// # Errors
+/// [`StoreError`].
+pub async fn insert(conn: &mut PgConnection, event: NewEvent<'_>) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload)
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(event.id)
+    .bind(event.aggregatetype)
+    .bind(event.aggregateid)
+    .bind(event.event_type)
+    .bind(event.payload)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(CHANNEL)
+        .execute(conn)
+        .await?;
+    Ok(())
+}

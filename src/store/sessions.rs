@@ -1,0 +1,137 @@
+//! The `sessions` table: one row per refresh-token family.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::StoreError;
+
+/// Why a session was revoked, stored in `revoke_reason`.
+#[derive(Debug, Clone, Copy)]
+pub enum RevokeReason {
+    Logout,
+    /// A retired refresh token was presented after the grace window
+    /// (RFC 9700 §4.14.2 reuse detection).
+    RefreshTokenReuse,
+}
+
+impl RevokeReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Logout => "logout",
+            Self::RefreshTokenReuse => "refresh_token_reuse",
+        }
+    }
+}
+
+/// A session row as the refresh logic needs it.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Session {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub current_jti: Uuid,
+    pub current_issued_at: DateTime<Utc>,
+    pub previous_jti: Option<Uuid>,
+    pub rotated_at: Option<DateTime<Utc>>,
+    pub expires_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// Inserts a new session whose current refresh token is `jti`, issued at
+/// `issued_at` and expiring at `expires_at`.
+///
+/// # Errors
+/// [`StoreError`].
+pub async fn insert(
+    conn: &mut PgConnection,
+    id: Uuid,
+    user_id: Uuid,
+    jti: Uuid,
+    issued_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO sessions (id, user_id, current_jti, current_issued_at, expires_at, created_at)
+         VALUES ($1, $2, $3, $4, $5, $4)",
+    )
+    .bind(id)
+    .bind(user_id)
+    .bind(jti)
+    .bind(issued_at)
+    .bind(expires_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Reads the session and locks its row until the transaction ends, so that
+/// concurrent refreshes of one family are serialised.
+///
+/// # Errors
+/// [`StoreError`].
+pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<Session>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT id, user_id, current_jti, current_issued_at, previous_jti, rotated_at,
+                expires_at, revoked_at
+         FROM sessions WHERE id = $1 FOR UPDATE",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// Rotates the session: the current jti becomes the previous one, retired at
+/// `rotated_at`, and `new_jti`, issued at `issued_at` (whole seconds, the
+/// token's iat), becomes current.
+///
+/// # Errors
+/// [`StoreError`].
+pub async fn rotate(
+    conn: &mut PgConnection,
+    id: Uuid,
+    new_jti: Uuid,
+    rotated_at: DateTime<Utc>,
+    issued_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE sessions
+         SET previous_jti = current_jti, rotated_at = $3, current_jti = $2,
+             current_issued_at = $4, expires_at = $5, last_refreshed_at = $3
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(new_jti)
+    .bind(rotated_at)
+    .bind(issued_at)
+    .bind(expires_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Revokes the session of `user_id` with id `id`, keeping the first
+/// revocation's time and reason. Returns false when no such live session
+/// exists (already revoked or never existed), which callers treat as done.
+///
+/// # Errors
+/// [`StoreError`].
+pub async fn revoke(
+    conn: &mut PgConnection,
+    id: Uuid,
+    user_id: Uuid,
+    reason: RevokeReason,
+    at: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "UPDATE sessions SET revoked_at = $3, revoke_reason = $4
+         WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL",
+    )
+    .bind(id)
+    .bind(user_id)
+    .bind(at)
+    .bind(reason.as_str())
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}

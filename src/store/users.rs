@@ -1,0 +1,59 @@
+//! The `users` table.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::StoreError;
+use crate::domain::Email;
+
+/// Inserts a user unless the normalised email is taken. Returns false when it
+/// is: `ON CONFLICT DO NOTHING` waits for a racing insert of the same email
+/// to commit and then yields no row, so a race is never a unique-violation
+/// error.
+///
+/// # Errors
+/// [`StoreError`].
+pub async fn insert(
+    conn: &mut PgConnection,
+    id: Uuid,
+    email: &Email,
+    password_hash: &str,
+    created_at: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let inserted = sqlx::query(
+        "INSERT INTO users (id, email, password_hash, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $4)
+         ON CONFLICT (email) DO NOTHING",
+    )
+    .bind(id)
+    .bind(email.as_str())
+    .bind(password_hash)
+    .bind(created_at)
+    .execute(conn)
+    .await?;
+    Ok(inserted.rows_affected() == 1)
+}
+
+/// A user's id and password hash, for login.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Credentials {
+    pub id: Uuid,
+    pub password_hash: String,
+}
+
+/// Finds the user with this normalised email.
+///
+/// # Errors
+/// [`StoreError`].
+pub async fn find_credentials(
+    conn: &mut PgConnection,
+    email: &Email,
+) -> Result<Option<Credentials>, StoreError> {
+    Ok(
+        sqlx::query_as("SELECT id, password_hash FROM users WHERE email = $1")
+            .bind(email.as_str())
+            .fetch_optional(conn)
+            .await?,
+    )
+}

@@ -1,0 +1,62 @@
+use realchat_auth::proto::LoginRequest;
+use tonic::Code;
+
+use crate::expect_code;
+use crate::helpers::TestApp;
+
+fn request(email: &str, password: &str) -> LoginRequest {
+    LoginRequest {
+        email: email.into(),
+        password: password.into(),
+    }
+}
+
+#[tokio::test]
+async fn unknown_email_and_wrong_password_are_indistinguishable() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client.clone();
+    app.register("carol@example.com", "carol's password").await;
+
+    let unknown = expect_code(
+        client.login(request("nobody@example.com", "carol's password")).await,
+        Code::Unauthenticated,
+    );
+    let wrong = expect_code(
+        client.login(request("carol@example.com", "not her password")).await,
+        Code::Unauthenticated,
+    );
+    let unparseable = expect_code(
+        client.login(request("not an email", "whatever it is")).await,
+        Code::Unauthenticated,
+    );
+    assert_eq!(unknown.message(), wrong.message());
+    assert_eq!(unparseable.message(), wrong.message());
+    assert_eq!(wrong.message(), "invalid email or password");
+    assert!(unknown.details().is_empty() && wrong.details().is_empty());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn login_refuses_control_characters_and_never_starts_a_session_on_failure() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client.clone();
+    app.register("dave@example.com", "dave's password").await;
+    expect_code(
+        client.login(request("dave@example.com", "dave's\0password")).await,
+        Code::InvalidArgument,
+    );
+    expect_code(
+        client.login(request("dave\0@example.com", "dave's password")).await,
+        Code::InvalidArgument,
+    );
+    expect_code(
+        client.login(request("dave@example.com", "wrong password")).await,
+        Code::Unauthenticated,
+    );
+    let sessions: i64 = sqlx::query_scalar("SELECT count(*) FROM sessions")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(sessions, 0);
+    app.stop().await;
+}

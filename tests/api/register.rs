@@ -1,0 +1,185 @@
+use realchat_auth::proto::RegisterRequest;
+use tonic::Code;
+
+use crate::helpers::TestApp;
+use crate::{expect_code, violated_fields};
+
+fn request(email: &str, password: &str) -> RegisterRequest {
+    RegisterRequest {
+        email: email.into(),
+        password: password.into(),
+    }
+}
+
+async fn count(app: &TestApp, table: &str) -> i64 {
+    sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn register_writes_user_and_outbox_row_then_login_works() {
+    let app = TestApp::spawn().await;
+    let user_id = app.register("alice@example.com", "correct horse").await;
+
+    let (aggregatetype, aggregateid, event_type, payload, event_id): (
+        String,
+        String,
+        String,
+        serde_json::Value,
+        uuid::Uuid,
+    ) = sqlx::query_as("SELECT aggregatetype, aggregateid, type, payload, id FROM outbox")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(aggregatetype, "user");
+    assert_eq!(aggregateid, user_id.to_string());
+    assert_eq!(event_type, "UserRegistered");
+    assert_eq!(payload["event_id"], event_id.to_string());
+    assert_eq!(payload["user_id"], user_id.to_string());
+    assert_eq!(payload["email"], "alice@example.com");
+    let registered_at = payload["registered_at"].as_str().unwrap();
+    chrono::DateTime::parse_from_rfc3339(registered_at).expect("registered_at is RFC 3339");
+
+    let tokens = app.login("alice@example.com", "correct horse").await;
+    assert!(!tokens.access_token.is_empty() && !tokens.refresh_token.is_empty());
+    assert_eq!(tokens.token_type, "Bearer");
+    assert_eq!(tokens.expires_in, 900);
+    assert_eq!(tokens.refresh_expires_in, 30 * 24 * 3600);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn same_email_in_another_case_or_form_already_exists_and_logs_in() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client.clone();
+    app.register("Bob@Example.com", "hunter2hunter2").await;
+    for variant in [
+        "bob@example.com",
+        "  BOB@EXAMPLE.COM  ",
+        "ｂｏｂ@example.com", // fullwidth: equal under NFKC
+    ] {
+        let status = expect_code(
+            client.register(request(variant, "another password")).await,
+            Code::AlreadyExists,
+        );
+        assert_eq!(status.message(), "email already registered");
+    }
+    assert_eq!(count(&app, "users").await, 1);
+    assert_eq!(count(&app, "outbox").await, 1);
+    app.login("BOB@example.COM", "hunter2hunter2").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn twenty_racing_registrations_of_one_email_give_one_user() {
+    let app = TestApp::spawn().await;
+    let mut calls = Vec::new();
+    for i in 0..20 {
+        let mut client = app.new_client().await;
+        calls.push(tokio::spawn(async move {
+            // Vary the spelling: the race is on the normalised form.
+            let email = if i % 2 == 0 { "race@example.com" } else { "RACE@example.com" };
+            client.register(request(email, "racing password")).await
+        }));
+    }
+    let mut ok = 0;
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(status) => assert_eq!(status.code(), Code::AlreadyExists, "{status:?}"),
+        }
+    }
+    assert_eq!(ok, 1);
+    assert_eq!(count(&app, "users").await, 1);
+    assert_eq!(count(&app, "outbox").await, 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn password_limits_are_bytes_after_nfkc_and_never_truncated() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client.clone();
+    let refused = [
+        format!("{}x", "A".repeat(72)), // 73 ASCII bytes
+        "€".repeat(25),                 // 75 bytes
+        "seven77".to_owned(),           // 7 characters
+    ];
+    for (i, password) in refused.iter().enumerate() {
+        let status = expect_code(
+            client.register(request(&format!("p{i}@example.com"), password)).await,
+            Code::InvalidArgument,
+        );
+        assert_eq!(violated_fields(&status), ["password"]);
+    }
+    assert_eq!(count(&app, "users").await, 0);
+
+    let accepted = ["A".repeat(72), "€".repeat(24), "eight888".to_owned()];
+    for (i, password) in accepted.iter().enumerate() {
+        let email = format!("ok{i}@example.com");
+        app.register(&email, password).await;
+        app.login(&email, password).await;
+    }
+    // A 73-byte attempt must not match the 72-byte password it starts with.
+    let status = expect_code(
+        client
+            .login(realchat_auth::proto::LoginRequest {
+                email: "ok0@example.com".into(),
+                password: format!("{}x", "A".repeat(72)),
+            })
+            .await,
+        Code::Unauthenticated,
+    );
+    assert_eq!(status.message(), "invalid email or password");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn nul_and_control_characters_are_invalid_argument_per_field() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client.clone();
+    let cases = [
+        ("nul\0@example.com", "good password", vec!["email"]),
+        ("ctl@example.com\u{1b}", "good password", vec!["email"]),
+        ("ok@example.com", "good\0password", vec!["password"]),
+        ("ok@example.com", "good\u{7f}password", vec!["password"]),
+        ("ok@example.com", "line\nbreak password", vec!["password"]),
+        ("bad\0@example.com", "bad\0password", vec!["email", "password"]),
+    ];
+    for (email, password, fields) in cases {
+        let status = expect_code(
+            client.register(request(email, password)).await,
+            Code::InvalidArgument,
+        );
+        assert_eq!(violated_fields(&status), fields, "{email:?} / {password:?}");
+    }
+    assert_eq!(count(&app, "users").await, 0);
+    assert_eq!(count(&app, "outbox").await, 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_emails_are_invalid_argument() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client.clone();
+    // RFC 5321 caps the local part at 64 bytes and labels at 63, so the long
+    // addresses are long in the domain.
+    let address = |last_label: usize| {
+        let (b, c, d) = ("b".repeat(63), "c".repeat(63), "d".repeat(last_label));
+        format!("{}@{b}.{c}.{d}.com", "a".repeat(64))
+    };
+    let too_long = address(58);
+    assert_eq!(too_long.len(), 255);
+    for email in ["", "   ", "not-an-email", "a@@example.com", "@example.com", &too_long] {
+        let status = expect_code(
+            client.register(request(email, "good password")).await,
+            Code::InvalidArgument,
+        );
+        assert_eq!(violated_fields(&status), ["email"], "{email:?}");
+    }
+    // 254 bytes is the limit and is accepted.
+    assert_eq!(address(57).len(), 254);
+    app.register(&address(57), "good password").await;
+    app.stop().await;
+}

@@ -1,0 +1,120 @@
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::Message as _;
+use rdkafka::Offset;
+use rdkafka::TopicPartitionList;
+use rdkafka::consumer::{Consumer as _, StreamConsumer};
+use rdkafka::message::Headers as _;
+use realchat_relay::RelayConfig;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use crate::helpers::{TestApp, bootstrap_servers, create_database, eventually, test_config};
+
+fn relay_config(database_url: &str, topic_prefix: &str) -> RelayConfig {
+    let mut config = <RelayConfig as clap::Parser>::parse_from(["realchat-relay"]);
+    config.database_url = database_url.to_owned();
+    config.kafka_bootstrap_servers = bootstrap_servers();
+    config.topic_prefix = topic_prefix.to_owned();
+    config.poll_interval_ms = 200;
+    config
+}
+
+/// A consumer reading every partition of `topic` from the beginning, once the
+/// relay has created it.
+async fn consumer(topic: &str) -> StreamConsumer {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap_servers())
+        .set("group.id", format!("test-{}", Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let partitions = eventually(Duration::from_secs(30), "the relay to create the topic", || {
+        let found = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .ok()
+            .and_then(|m| {
+                m.topics()
+                    .iter()
+                    .find(|t| t.name() == topic && t.error().is_none())
+                    .map(|t| t.partitions().len() as i32)
+            })
+            .filter(|n| *n > 0);
+        async move { found }
+    })
+    .await;
+    assert_eq!(partitions, 3, "relay creates its topics with 3 partitions");
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..partitions {
+        assignment
+            .add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    consumer
+}
+
+#[tokio::test]
+async fn registered_user_reaches_kafka_with_key_and_cloudevents_headers() {
+    // The relay starts first, on a database without the outbox table yet,
+    // and waits for the server's migrations to create it.
+    let database_url = create_database().await;
+    let prefix = format!("rc-test-{}.", Uuid::new_v4().simple());
+    let topic = format!("{prefix}user");
+    let (stop_relay, relay_stopped) = oneshot::channel::<()>();
+    let relay = tokio::spawn(realchat_relay::run(
+        relay_config(&database_url, &prefix),
+        async {
+            let _ = relay_stopped.await;
+        },
+    ));
+
+    let app = TestApp::start(test_config(&database_url), database_url).await;
+    let user_id = app.register("grace@example.com", "grace's password").await;
+    let event_id: Uuid = sqlx::query_scalar("SELECT id FROM outbox")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+
+    let consumer = consumer(&topic).await;
+    let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+        .await
+        .expect("an event within 30 s")
+        .expect("a message");
+    assert_eq!(message.key(), Some(user_id.to_string().as_bytes()));
+    let headers = message.headers().expect("CloudEvents headers");
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|h| h.key == name)
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8(v.to_vec()).unwrap())
+    };
+    assert_eq!(header("ce_id"), Some(event_id.to_string()));
+    assert_eq!(header("ce_type").as_deref(), Some("UserRegistered"));
+    assert_eq!(header("ce_specversion").as_deref(), Some("1.0"));
+    assert_eq!(header("ce_source").as_deref(), Some("/realchat/auth"));
+    assert_eq!(header("content-type").as_deref(), Some("application/json"));
+    assert!(header("ce_time").is_some_and(|t| chrono::DateTime::parse_from_rfc3339(&t).is_ok()));
+    let payload: serde_json::Value = serde_json::from_slice(message.payload().unwrap()).unwrap();
+    assert_eq!(payload["event_id"], event_id.to_string());
+    assert_eq!(payload["user_id"], user_id.to_string());
+    assert_eq!(payload["email"], "grace@example.com");
+
+    eventually(Duration::from_secs(10), "the row to be marked published", || {
+        let pool = app.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, bool>("SELECT published_at IS NOT NULL FROM outbox")
+                .fetch_one(&pool)
+                .await
+                .ok()
+                .filter(|published| *published)
+        }
+    })
+    .await;
+
+    stop_relay.send(()).unwrap();
+    relay.await.unwrap().expect("relay exits cleanly");
+    app.stop().await;
+}

@@ -1,0 +1,217 @@
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use realchat_auth::proto::{LogoutRequest, RefreshRequest, RefreshResponse};
+use tonic::Code;
+
+use crate::expect_code;
+use crate::helpers::TestApp;
+
+async fn refresh(app: &TestApp, token: &str) -> Result<RefreshResponse, tonic::Status> {
+    app.client
+        .clone()
+        .refresh(RefreshRequest {
+            refresh_token: token.into(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn logout(app: &TestApp, token: &str) -> Result<(), tonic::Status> {
+    app.client
+        .clone()
+        .logout(LogoutRequest {
+            refresh_token: token.into(),
+        })
+        .await
+        .map(|_| ())
+}
+
+/// The decoded JSON of a JWT's header and payload.
+fn parts(token: &str) -> (serde_json::Value, serde_json::Value) {
+    let mut it = token.split('.');
+    let mut part = || -> serde_json::Value {
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(it.next().unwrap()).unwrap()).unwrap()
+    };
+    (part(), part())
+}
+
+fn b64(value: &serde_json::Value) -> String {
+    URL_SAFE_NO_PAD.encode(serde_json::to_vec(value).unwrap())
+}
+
+async fn session(app: &TestApp) -> (uuid::Uuid, String) {
+    let user_id = app.register("erin@example.com", "erin's password").await;
+    let login = app.login("erin@example.com", "erin's password").await;
+    (user_id, login.refresh_token)
+}
+
+#[tokio::test]
+async fn tokens_carry_the_rfc_9068_header_and_claims() {
+    let app = TestApp::spawn().await;
+    let user_id = app.register("frank@example.com", "frank's password").await;
+    let login = app.login("frank@example.com", "frank's password").await;
+    let (header, claims) = parts(&login.access_token);
+    assert_eq!(header["alg"], "EdDSA");
+    assert_eq!(header["typ"], "at+jwt");
+    assert!(header["kid"].as_str().is_some_and(|k| !k.is_empty()));
+    assert_eq!(claims["sub"], user_id.to_string());
+    assert_eq!(claims["iss"], "realchat-auth");
+    assert_eq!(claims["aud"], "realchat");
+    for claim in ["sid", "jti", "iat", "exp"] {
+        assert!(!claims[claim].is_null(), "missing {claim}");
+    }
+    assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), 900);
+    let (refresh_header, refresh_claims) = parts(&login.refresh_token);
+    assert_eq!(refresh_header["typ"], "rt+jwt");
+    assert_eq!(refresh_claims["sid"], claims["sid"]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn refresh_rotates_and_within_grace_returns_the_current_token() {
+    let app = TestApp::spawn().await;
+    let (_, r0) = session(&app).await;
+    let first = refresh(&app, &r0).await.unwrap();
+    assert_ne!(first.refresh_token, r0);
+    assert_ne!(parts(&first.refresh_token).1["jti"], parts(&r0).1["jti"]);
+    // The retired token again, within the 10 s grace window: the session's
+    // current token, not a fork.
+    let again = refresh(&app, &r0).await.unwrap();
+    assert_eq!(again.refresh_token, first.refresh_token);
+    // And the current token keeps rotating.
+    let second = refresh(&app, &first.refresh_token).await.unwrap();
+    assert_ne!(second.refresh_token, first.refresh_token);
+    refresh(&app, &second.refresh_token).await.unwrap();
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn reuse_after_the_grace_window_revokes_the_whole_session() {
+    let app = TestApp::spawn_with(|c| c.refresh_reuse_grace_secs = 0).await;
+    let (_, r0) = session(&app).await;
+    let r1 = refresh(&app, &r0).await.unwrap().refresh_token;
+    expect_code(refresh(&app, &r0).await, Code::Unauthenticated);
+    // The newest token died with its session.
+    expect_code(refresh(&app, &r1).await, Code::Unauthenticated);
+    let reason: Option<String> = sqlx::query_scalar("SELECT revoke_reason FROM sessions")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(reason.as_deref(), Some("refresh_token_reuse"));
+    // Another login is a new session and works.
+    let fresh = app.login("erin@example.com", "erin's password").await;
+    refresh(&app, &fresh.refresh_token).await.unwrap();
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn ten_concurrent_refreshes_of_one_token_leave_one_working_session() {
+    let app = TestApp::spawn().await;
+    let (_, r0) = session(&app).await;
+    let mut calls = Vec::new();
+    for _ in 0..10 {
+        let mut client = app.new_client().await;
+        let token = r0.clone();
+        calls.push(tokio::spawn(async move {
+            client
+                .refresh(RefreshRequest {
+                    refresh_token: token,
+                })
+                .await
+                .map(|r| r.into_inner().refresh_token)
+        }));
+    }
+    let mut issued = std::collections::HashSet::new();
+    for call in calls {
+        issued.insert(call.await.unwrap().expect("every concurrent refresh succeeds"));
+    }
+    assert_eq!(issued.len(), 1, "the session forked: {issued:?}");
+    let current = issued.into_iter().next().unwrap();
+    let next = refresh(&app, &current).await.unwrap();
+    refresh(&app, &next.refresh_token).await.unwrap();
+    let (sessions, revoked): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(revoked_at) FROM sessions")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!((sessions, revoked), (1, 0));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn logout_revokes_every_token_of_the_session_and_is_idempotent() {
+    let app = TestApp::spawn().await;
+    let (_, r0) = session(&app).await;
+    let other = app.login("erin@example.com", "erin's password").await;
+    let r1 = refresh(&app, &r0).await.unwrap().refresh_token;
+    logout(&app, &r1).await.unwrap();
+    expect_code(refresh(&app, &r1).await, Code::Unauthenticated);
+    expect_code(refresh(&app, &r0).await, Code::Unauthenticated);
+    logout(&app, &r1).await.unwrap();
+    logout(&app, &r0).await.unwrap();
+    // Another session of the same user is untouched.
+    refresh(&app, &other.refresh_token).await.unwrap();
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn forged_and_misused_tokens_are_unauthenticated() {
+    let app = TestApp::spawn().await;
+    let (user_id, refresh_token) = session(&app).await;
+    let login = app.login("erin@example.com", "erin's password").await;
+    let (header, claims) = parts(&refresh_token);
+
+    let alg_none = {
+        let mut h = header.clone();
+        h["alg"] = "none".into();
+        format!("{}.{}.", b64(&h), b64(&claims))
+    };
+    let other_key = {
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let mut h = Header::new(Algorithm::EdDSA);
+        h.typ = Some("rt+jwt".into());
+        h.kid = header["kid"].as_str().map(str::to_owned); // our kid, their key
+        jsonwebtoken::encode(&h, &claims, &EncodingKey::from_ed_der(pkcs8.as_ref())).unwrap()
+    };
+    let hs256 = {
+        let mut h = Header::new(Algorithm::HS256);
+        h.typ = Some("rt+jwt".into());
+        h.kid = header["kid"].as_str().map(str::to_owned);
+        jsonwebtoken::encode(&h, &claims, &EncodingKey::from_secret(b"guess")).unwrap()
+    };
+    let changed_payload = {
+        let mut c = claims.clone();
+        c["sub"] = uuid::Uuid::new_v4().to_string().into();
+        let sig = refresh_token.rsplit('.').next().unwrap();
+        format!("{}.{}.{sig}", b64(&header), b64(&c))
+    };
+    let wrong_typ = {
+        let mut h = header.clone();
+        h["typ"] = "JWT".into();
+        let sig = refresh_token.rsplit('.').next().unwrap();
+        format!("{}.{}.{sig}", b64(&h), b64(&claims))
+    };
+    let truncated = refresh_token[..refresh_token.len() - 5].to_owned();
+    let cases = [
+        ("alg none", alg_none),
+        ("re-signed with another key", other_key),
+        ("HS256", hs256),
+        ("changed payload", changed_payload),
+        ("wrong typ", wrong_typ),
+        ("access token as refresh token", login.access_token.clone()),
+        ("truncated", truncated),
+        ("garbage", "not.a.jwt".to_owned()),
+    ];
+    for (name, token) in &cases {
+        let status = expect_code(refresh(&app, token).await, Code::Unauthenticated);
+        assert_eq!(status.message(), "invalid refresh token", "{name}");
+        expect_code(logout(&app, token).await, Code::Unauthenticated);
+    }
+    expect_code(refresh(&app, "").await, Code::InvalidArgument);
+    // None of that touched the real session.
+    refresh(&app, &refresh_token).await.unwrap();
+    assert_eq!(claims["sub"], user_id.to_string());
+    app.stop().await;
+}

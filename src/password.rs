@@ -87,7 +87,8 @@ impl PasswordHasher {
     /// [`HashError::Busy`] when the queue is full.
     pub async fn hash(&self, password: NewPassword) -> Result<String, HashError> {
         let cost = self.inner.cost;
-        self.run(move || Ok(bcrypt::hash(password.expose(), cost)?)).await
+        self.run(move || Ok(bcrypt::hash(password.expose(), cost)?))
+            .await
     }
 
     /// Verifies `password` against `stored`, or against the dummy hash when

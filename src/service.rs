@@ -176,9 +176,8 @@ impl AuthService {
     /// `Busy`, `Unavailable`, `Internal`.
     #[tracing::instrument(skip_all)]
     pub async fn login(&self, email: &str, password: &str) -> Result<TokenPair, ServiceError> {
-        let password = PasswordAttempt::parse(password).map_err(|e| {
-            ServiceError::InvalidArgument(vec![password_violation(e)])
-        })?;
+        let password = PasswordAttempt::parse(password)
+            .map_err(|e| ServiceError::InvalidArgument(vec![password_violation(e)]))?;
         let email = match Email::parse(email) {
             Ok(email) => Some(email),
             Err(EmailError::ControlCharacter) => {
@@ -297,7 +296,9 @@ impl AuthService {
         tx.commit().await?;
         tracing::warn!(session_id = %session.id, user_id = %session.user_id,
             "retired refresh token reused; session revoked");
-        Err(ServiceError::InvalidToken("retired refresh token reused".into()))
+        Err(ServiceError::InvalidToken(
+            "retired refresh token reused".into(),
+        ))
     }
 
     /// Revokes the session of a refresh token. Any authentic token of the

@@ -16,8 +16,8 @@ use crate::grpc::GrpcApi;
 use crate::password::{HasherSettings, PasswordHasher};
 use crate::proto::auth_api_server::AuthApiServer;
 use crate::service::AuthService;
-use crate::token::{SigningKey, TokenService, TokenSettings};
 use crate::store;
+use crate::token::{SigningKey, TokenService, TokenSettings};
 
 /// A built server, bound to its address but not yet serving.
 pub struct Application {

@@ -101,7 +101,10 @@ impl SigningKey {
         };
         let pem = pem::parse(text).map_err(|e| parse(e.to_string()))?;
         if pem.tag() != "PRIVATE KEY" {
-            return Err(parse(format!("expected a PRIVATE KEY block, found {}", pem.tag())));
+            return Err(parse(format!(
+                "expected a PRIVATE KEY block, found {}",
+                pem.tag()
+            )));
         }
         Self::from_pkcs8(pem.contents()).map_err(|e| parse(e.to_string()))
     }
@@ -112,8 +115,8 @@ impl SigningKey {
     /// [`KeyError::Generate`] when the system RNG fails.
     pub fn generate() -> Result<Self, KeyError> {
         let rng = ring::rand::SystemRandom::new();
-        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng)
-            .map_err(|e| KeyError::Generate(e.to_string()))?;
+        let pkcs8 =
+            Ed25519KeyPair::generate_pkcs8(&rng).map_err(|e| KeyError::Generate(e.to_string()))?;
         Self::from_pkcs8(pkcs8.as_ref()).map_err(|e| KeyError::Generate(e.to_string()))
     }
 
@@ -229,7 +232,11 @@ impl TokenService {
             return Err(invalid(format!("algorithm {:?} not allowed", header.alg)));
         }
         if header.typ.as_deref() != Some(kind.typ()) {
-            return Err(invalid(format!("typ {:?} is not {}", header.typ, kind.typ())));
+            return Err(invalid(format!(
+                "typ {:?} is not {}",
+                header.typ,
+                kind.typ()
+            )));
         }
         if header.kid.as_deref() != Some(self.key.kid.as_str()) {
             return Err(invalid(format!("unknown kid {:?}", header.kid)));
@@ -281,7 +288,13 @@ mod tests {
     #[test]
     fn another_key_and_expired_are_refused() {
         let (a, b) = (service(), service());
-        let claims = a.claims(TokenKind::Access, Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4(), now());
+        let claims = a.claims(
+            TokenKind::Access,
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            now(),
+        );
         let token = a.mint(TokenKind::Access, &claims).unwrap();
         assert!(b.verify(TokenKind::Access, &token).is_err());
         let old = a.claims(
@@ -301,6 +314,9 @@ mod tests {
         let x = URL_SAFE_NO_PAD
             .decode("11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo")
             .unwrap();
-        assert_eq!(jwk_thumbprint(&x), "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k");
+        assert_eq!(
+            jwk_thumbprint(&x),
+            "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
+        );
     }
 }

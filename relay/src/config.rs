@@ -4,7 +4,11 @@
 /// Settings of the `realchat-relay` process. Durations are milliseconds where
 /// the name ends in `_ms`.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "realchat-relay", version, about = "RealChat Auth outbox relay to Kafka")]
+#[command(
+    name = "realchat-relay",
+    version,
+    about = "RealChat Auth outbox relay to Kafka"
+)]
 pub struct RelayConfig {
     /// PostgreSQL connection URL (the auth server's database).
     #[arg(
@@ -15,7 +19,11 @@ pub struct RelayConfig {
     pub database_url: String,
 
     /// Kafka bootstrap servers, comma-separated host:port.
-    #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS", default_value = "127.0.0.1:9092")]
+    #[arg(
+        long,
+        env = "KAFKA_BOOTSTRAP_SERVERS",
+        default_value = "127.0.0.1:9092"
+    )]
     pub kafka_bootstrap_servers: String,
 
     /// Topic name prefix; each aggregate type goes to `<prefix><aggregatetype>`
@@ -25,7 +33,12 @@ pub struct RelayConfig {
 
     /// Aggregate types whose topics are created at start when absent; other
     /// aggregate types get their topic when their first row is claimed.
-    #[arg(long, env = "RELAY_AGGREGATE_TYPES", default_value = "user", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "RELAY_AGGREGATE_TYPES",
+        default_value = "user",
+        value_delimiter = ','
+    )]
     pub aggregate_types: Vec<String>,
 
     /// Partitions of a topic the relay creates.

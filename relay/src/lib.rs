@@ -157,10 +157,9 @@ async fn connect_with_retry(url: &str, poll: Duration) -> PgPool {
 async fn wait_for_outbox(pool: &PgPool, poll: Duration) {
     let mut logged = false;
     loop {
-        let found: Result<bool, _> =
-            sqlx::query_scalar("SELECT to_regclass('outbox') IS NOT NULL")
-                .fetch_one(pool)
-                .await;
+        let found: Result<bool, _> = sqlx::query_scalar("SELECT to_regclass('outbox') IS NOT NULL")
+            .fetch_one(pool)
+            .await;
         match found {
             Ok(true) => return,
             Ok(false) if !logged => {

@@ -79,8 +79,14 @@ mod tests {
     #[test]
     fn refuses_empty_control_long_and_malformed() {
         assert_eq!(Email::parse("   "), Err(EmailError::Empty));
-        assert_eq!(Email::parse("a\0@example.com"), Err(EmailError::ControlCharacter));
-        assert_eq!(Email::parse("a@example.com\n"), Err(EmailError::ControlCharacter));
+        assert_eq!(
+            Email::parse("a\0@example.com"),
+            Err(EmailError::ControlCharacter)
+        );
+        assert_eq!(
+            Email::parse("a@example.com\n"),
+            Err(EmailError::ControlCharacter)
+        );
         let long = format!("{}@example.com", "a".repeat(250));
         assert_eq!(Email::parse(&long), Err(EmailError::TooLong));
         assert_eq!(Email::parse("not-an-email"), Err(EmailError::Invalid));

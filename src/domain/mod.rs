@@ -12,7 +12,9 @@ mod password;
 
 pub use email::{Email, EmailError};
 pub use event::UserRegistered;
-pub use password::{MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS, NewPassword, PasswordAttempt, PasswordError};
+pub use password::{
+    MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS, NewPassword, PasswordAttempt, PasswordError,
+};
 
 use unicode_normalization::UnicodeNormalization;
 

@@ -88,14 +88,23 @@ mod tests {
         );
         // 24 × '€' is 72 bytes, 25 is 75.
         assert!(NewPassword::parse(&"€".repeat(24)).is_ok());
-        assert_eq!(NewPassword::parse(&"€".repeat(25)).err(), Some(PasswordError::TooLong));
+        assert_eq!(
+            NewPassword::parse(&"€".repeat(25)).err(),
+            Some(PasswordError::TooLong)
+        );
         // 'ﬁ' (U+FB01) is 3 bytes but NFKC-expands to "fi": 24 of them are 48 bytes.
-        assert_eq!(NewPassword::parse(&"ﬁ".repeat(24)).unwrap().expose(), "fi".repeat(24));
+        assert_eq!(
+            NewPassword::parse(&"ﬁ".repeat(24)).unwrap().expose(),
+            "fi".repeat(24)
+        );
     }
 
     #[test]
     fn refuses_short_and_control_characters() {
-        assert_eq!(NewPassword::parse("1234567").err(), Some(PasswordError::TooShort));
+        assert_eq!(
+            NewPassword::parse("1234567").err(),
+            Some(PasswordError::TooShort)
+        );
         assert!(NewPassword::parse("12345678").is_ok());
         assert_eq!(
             NewPassword::parse("correct\0horse").err(),

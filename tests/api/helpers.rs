@@ -126,7 +126,11 @@ impl TestApp {
             })
             .await
             .expect("register");
-        response.into_inner().user_id.parse().expect("user_id is a UUID")
+        response
+            .into_inner()
+            .user_id
+            .parse()
+            .expect("user_id is a UUID")
     }
 
     /// Logs in; panics unless it succeeds.

@@ -18,15 +18,21 @@ async fn unknown_email_and_wrong_password_are_indistinguishable() {
     app.register("carol@example.com", "carol's password").await;
 
     let unknown = expect_code(
-        client.login(request("nobody@example.com", "carol's password")).await,
+        client
+            .login(request("nobody@example.com", "carol's password"))
+            .await,
         Code::Unauthenticated,
     );
     let wrong = expect_code(
-        client.login(request("carol@example.com", "not her password")).await,
+        client
+            .login(request("carol@example.com", "not her password"))
+            .await,
         Code::Unauthenticated,
     );
     let unparseable = expect_code(
-        client.login(request("not an email", "whatever it is")).await,
+        client
+            .login(request("not an email", "whatever it is"))
+            .await,
         Code::Unauthenticated,
     );
     assert_eq!(unknown.message(), wrong.message());
@@ -42,15 +48,21 @@ async fn login_refuses_control_characters_and_never_starts_a_session_on_failure(
     let mut client = app.client.clone();
     app.register("dave@example.com", "dave's password").await;
     expect_code(
-        client.login(request("dave@example.com", "dave's\0password")).await,
+        client
+            .login(request("dave@example.com", "dave's\0password"))
+            .await,
         Code::InvalidArgument,
     );
     expect_code(
-        client.login(request("dave\0@example.com", "dave's password")).await,
+        client
+            .login(request("dave\0@example.com", "dave's password"))
+            .await,
         Code::InvalidArgument,
     );
     expect_code(
-        client.login(request("dave@example.com", "wrong password")).await,
+        client
+            .login(request("dave@example.com", "wrong password"))
+            .await,
         Code::Unauthenticated,
     );
     let sessions: i64 = sqlx::query_scalar("SELECT count(*) FROM sessions")

@@ -80,7 +80,11 @@ async fn twenty_racing_registrations_of_one_email_give_one_user() {
         let mut client = app.new_client().await;
         calls.push(tokio::spawn(async move {
             // Vary the spelling: the race is on the normalised form.
-            let email = if i % 2 == 0 { "race@example.com" } else { "RACE@example.com" };
+            let email = if i % 2 == 0 {
+                "race@example.com"
+            } else {
+                "RACE@example.com"
+            };
             client.register(request(email, "racing password")).await
         }));
     }
@@ -108,7 +112,9 @@ async fn password_limits_are_bytes_after_nfkc_and_never_truncated() {
     ];
     for (i, password) in refused.iter().enumerate() {
         let status = expect_code(
-            client.register(request(&format!("p{i}@example.com"), password)).await,
+            client
+                .register(request(&format!("p{i}@example.com"), password))
+                .await,
             Code::InvalidArgument,
         );
         assert_eq!(violated_fields(&status), ["password"]);
@@ -145,7 +151,11 @@ async fn nul_and_control_characters_are_invalid_argument_per_field() {
         ("ok@example.com", "good\0password", vec!["password"]),
         ("ok@example.com", "good\u{7f}password", vec!["password"]),
         ("ok@example.com", "line\nbreak password", vec!["password"]),
-        ("bad\0@example.com", "bad\0password", vec!["email", "password"]),
+        (
+            "bad\0@example.com",
+            "bad\0password",
+            vec!["email", "password"],
+        ),
     ];
     for (email, password, fields) in cases {
         let status = expect_code(
@@ -171,7 +181,14 @@ async fn malformed_emails_are_invalid_argument() {
     };
     let too_long = address(58);
     assert_eq!(too_long.len(), 255);
-    for email in ["", "   ", "not-an-email", "a@@example.com", "@example.com", &too_long] {
+    for email in [
+        "",
+        "   ",
+        "not-an-email",
+        "a@@example.com",
+        "@example.com",
+        &too_long,
+    ] {
         let status = expect_code(
             client.register(request(email, "good password")).await,
             Code::InvalidArgument,

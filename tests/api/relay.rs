@@ -30,19 +30,23 @@ async fn consumer(topic: &str) -> StreamConsumer {
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
-    let partitions = eventually(Duration::from_secs(30), "the relay to create the topic", || {
-        let found = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(5))
-            .ok()
-            .and_then(|m| {
-                m.topics()
-                    .iter()
-                    .find(|t| t.name() == topic && t.error().is_none())
-                    .map(|t| t.partitions().len() as i32)
-            })
-            .filter(|n| *n > 0);
-        async move { found }
-    })
+    let partitions = eventually(
+        Duration::from_secs(30),
+        "the relay to create the topic",
+        || {
+            let found = consumer
+                .fetch_metadata(Some(topic), Duration::from_secs(5))
+                .ok()
+                .and_then(|m| {
+                    m.topics()
+                        .iter()
+                        .find(|t| t.name() == topic && t.error().is_none())
+                        .map(|t| t.partitions().len() as i32)
+                })
+                .filter(|n| *n > 0);
+            async move { found }
+        },
+    )
     .await;
     assert_eq!(partitions, 3, "relay creates its topics with 3 partitions");
     let mut assignment = TopicPartitionList::new();
@@ -102,16 +106,20 @@ async fn registered_user_reaches_kafka_with_key_and_cloudevents_headers() {
     assert_eq!(payload["user_id"], user_id.to_string());
     assert_eq!(payload["email"], "grace@example.com");
 
-    eventually(Duration::from_secs(10), "the row to be marked published", || {
-        let pool = app.pool.clone();
-        async move {
-            sqlx::query_scalar::<_, bool>("SELECT published_at IS NOT NULL FROM outbox")
-                .fetch_one(&pool)
-                .await
-                .ok()
-                .filter(|published| *published)
-        }
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the row to be marked published",
+        || {
+            let pool = app.pool.clone();
+            async move {
+                sqlx::query_scalar::<_, bool>("SELECT published_at IS NOT NULL FROM outbox")
+                    .fetch_one(&pool)
+                    .await
+                    .ok()
+                    .filter(|published| *published)
+            }
+        },
+    )
     .await;
 
     stop_relay.send(()).unwrap();

@@ -61,7 +61,10 @@ async fn tokens_carry_the_rfc_9068_header_and_claims() {
     for claim in ["sid", "jti", "iat", "exp"] {
         assert!(!claims[claim].is_null(), "missing {claim}");
     }
-    assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), 900);
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        900
+    );
     let (refresh_header, refresh_claims) = parts(&login.refresh_token);
     assert_eq!(refresh_header["typ"], "rt+jwt");
     assert_eq!(refresh_claims["sid"], claims["sid"]);
@@ -124,7 +127,11 @@ async fn ten_concurrent_refreshes_of_one_token_leave_one_working_session() {
     }
     let mut issued = std::collections::HashSet::new();
     for call in calls {
-        issued.insert(call.await.unwrap().expect("every concurrent refresh succeeds"));
+        issued.insert(
+            call.await
+                .unwrap()
+                .expect("every concurrent refresh succeeds"),
+        );
     }
     assert_eq!(issued.len(), 1, "the session forked: {issued:?}");
     let current = issued.into_iter().next().unwrap();

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs the whole service in the foreground: PostgreSQL, the broker, the auth
+# server and the relay. Ctrl-C stops everything this script started.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$ROOT"
+
+ensure_build_tools
+ensure_postgres
+ensure_broker
+if [ -z "${DATABASE_URL:-}" ]; then
+    ensure_database realchat_auth
+    export DATABASE_URL="postgres://postgres@127.0.0.1:5432/realchat_auth"
+fi
+
+cargo build --workspace --locked --bins
+export AUTH_GRPC_ADDR="${AUTH_GRPC_ADDR:-127.0.0.1:50051}"
+./target/debug/realchat-auth &
+auth=$!
+CLEANUP+=("kill $auth 2>/dev/null; wait $auth 2>/dev/null")
+wait_port "${AUTH_GRPC_ADDR##*:}" 120 realchat-auth
+./target/debug/realchat-relay &
+relay=$!
+CLEANUP+=("kill $relay 2>/dev/null; wait $relay 2>/dev/null")
+log "Auth server on $AUTH_GRPC_ADDR, relay publishing to $KAFKA_BOOTSTRAP_SERVERS; Ctrl-C stops all"
+# Return when either exits; the trap stops the rest.
+wait -n "$auth" "$relay"

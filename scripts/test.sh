@@ -17,4 +17,10 @@ drop_test_databases() {
 CLEANUP+=(drop_test_databases)
 
 export DATABASE_URL="$PG_ADMIN_URL"
-cargo test --workspace --locked "$@"
+out=$(mktemp -t realchat-test.XXXXXX)
+CLEANUP+=("rm -f $out")
+status=0
+cargo test --workspace --locked "$@" 2>&1 | tee "$out" || status=$?
+# One closing line for the whole run (cargo prints one per test binary).
+awk '/^test result:/ { p += $4; f += $6 } END { printf "total: %d passed, %d failed\n", p, f }' "$out"
+exit "$status"

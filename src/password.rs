@@ -141,3 +141,44 @@ impl PasswordHasher {
         rx.await.map_err(|_| HashError::PoolGone)?
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hasher(cost: u32, threads: usize, queue: usize) -> PasswordHasher {
+        PasswordHasher::new(HasherSettings {
+            cost,
+            threads,
+            queue,
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn hash_verifies_and_unknown_users_never_match() {
+        let h = hasher(4, 1, 1);
+        let hash = h
+            .hash(NewPassword::parse("a good password").unwrap())
+            .await
+            .unwrap();
+        assert!(hash.starts_with("$2b$04$"));
+        let attempt = |p: &str| PasswordAttempt::parse(p).unwrap();
+        assert!(h.verify(attempt("a good password"), Some(hash.clone())).await.unwrap());
+        assert!(!h.verify(attempt("a bad password"), Some(hash)).await.unwrap());
+        assert!(!h.verify(attempt("a good password"), None).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_is_busy_at_once() {
+        // One worker, no queue: while one hash runs (cost 14 takes about a
+        // second), the next job is refused instead of waiting.
+        let h = hasher(14, 1, 0);
+        let (first, second) = tokio::join!(
+            h.hash(NewPassword::parse("first password").unwrap()),
+            h.hash(NewPassword::parse("second password").unwrap()),
+        );
+        assert!(first.is_ok());
+        assert!(matches!(second, Err(HashError::Busy)));
+    }
+}

@@ -164,8 +164,16 @@ mod tests {
             .unwrap();
         assert!(hash.starts_with("$2b$04$"));
         let attempt = |p: &str| PasswordAttempt::parse(p).unwrap();
-        assert!(h.verify(attempt("a good password"), Some(hash.clone())).await.unwrap());
-        assert!(!h.verify(attempt("a bad password"), Some(hash)).await.unwrap());
+        assert!(
+            h.verify(attempt("a good password"), Some(hash.clone()))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !h.verify(attempt("a bad password"), Some(hash))
+                .await
+                .unwrap()
+        );
         assert!(!h.verify(attempt("a good password"), None).await.unwrap());
     }
 

@@ -159,6 +159,7 @@ impl AuthService {
                 aggregateid: user_id.to_string(),
                 event_type: UserRegistered::EVENT_TYPE,
                 payload,
+                occurred_at: now,
             },
         )
         .await?;

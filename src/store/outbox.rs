@@ -18,6 +18,8 @@ pub struct NewEvent<'a> {
     pub aggregateid: String,
     pub event_type: &'a str,
     pub payload: serde_json::Value,
+    /// When the event happened; becomes `created_at` and the `ce_time` header.
+    pub occurred_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// Inserts the event and queues `NOTIFY outbox`, which PostgreSQL delivers
@@ -27,14 +29,15 @@ pub struct NewEvent<'a> {
 /// [`StoreError`].
 pub async fn insert(conn: &mut PgConnection, event: NewEvent<'_>) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload)
-         VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(event.id)
     .bind(event.aggregatetype)
     .bind(event.aggregateid)
     .bind(event.event_type)
     .bind(event.payload)
+    .bind(event.occurred_at)
     .execute(&mut *conn)
     .await?;
     sqlx::query("SELECT pg_notify($1, '')")

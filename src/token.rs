@@ -319,4 +319,23 @@ mod tests {
             "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
         );
     }
+
+    #[test]
+    fn a_bad_key_file_names_itself() {
+        let missing = std::path::Path::new("/nonexistent/key.pem");
+        assert!(matches!(
+            SigningKey::from_pem_file(missing),
+            Err(KeyError::Read { .. })
+        ));
+        let path = std::env::temp_dir().join(format!("rc-bad-key-{}.pem", Uuid::new_v4()));
+        std::fs::write(
+            &path,
+            "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
+        )
+        .unwrap();
+        let error = SigningKey::from_pem_file(&path).err().unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(error, KeyError::Parse { .. }));
+        assert!(error.to_string().contains(&path.display().to_string()));
+    }
 }

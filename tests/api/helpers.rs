@@ -181,7 +181,8 @@ where
 /// from a running server (every connection refused or cut) and give it back.
 pub struct DbProxy {
     pub port: u16,
-    upstream: SocketAddr,
+    /// `host:port` of the PostgreSQL server, as written in `admin_url()`.
+    upstream: String,
     task: Option<JoinHandle<()>>,
 }
 
@@ -190,22 +191,25 @@ impl DbProxy {
     pub async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let upstream: SocketAddr = "127.0.0.1:5432".parse().unwrap();
+        let admin = admin_url();
+        let authority = admin.split("//").nth(1).unwrap().split('/').next().unwrap();
+        let upstream = authority.rsplit('@').next().unwrap().to_owned();
         let mut proxy = Self {
             port,
             upstream,
             task: None,
         };
-        proxy.task = Some(Self::serve(listener, upstream));
+        proxy.task = Some(Self::serve(listener, proxy.upstream.clone()));
         proxy
     }
 
-    fn serve(listener: TcpListener, upstream: SocketAddr) -> JoinHandle<()> {
+    fn serve(listener: TcpListener, upstream: String) -> JoinHandle<()> {
         tokio::spawn(async move {
             let mut links = tokio::task::JoinSet::new();
             while let Ok((mut inbound, _)) = listener.accept().await {
+                let upstream = upstream.clone();
                 links.spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                     }
                 });
@@ -214,9 +218,9 @@ impl DbProxy {
         })
     }
 
-    /// `url` (a database URL on the local server) routed through the proxy.
+    /// `url` (a database URL on the same server) routed through the proxy.
     pub fn route(&self, url: &str) -> String {
-        url.replacen("127.0.0.1:5432", &format!("127.0.0.1:{}", self.port), 1)
+        url.replacen(&self.upstream, &format!("127.0.0.1:{}", self.port), 1)
     }
 
     /// Cuts every connection and refuses new ones.
@@ -230,6 +234,6 @@ impl DbProxy {
     /// Accepts connections again, on the same port.
     pub async fn bring_back(&mut self) {
         let listener = TcpListener::bind(("127.0.0.1", self.port)).await.unwrap();
-        self.task = Some(Self::serve(listener, self.upstream));
+        self.task = Some(Self::serve(listener, self.upstream.clone()));
     }
 }

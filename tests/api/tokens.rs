@@ -222,3 +222,86 @@ async fn forged_and_misused_tokens_are_unauthenticated() {
     assert_eq!(claims["sub"], user_id.to_string());
     app.stop().await;
 }
+
+/// A PKCS#8 Ed25519 key written as PEM, as `openssl genpkey` would.
+fn write_key_file() -> (std::path::PathBuf, Vec<u8>) {
+    let rng = ring::rand::SystemRandom::new();
+    let der = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng)
+        .unwrap()
+        .as_ref()
+        .to_vec();
+    let path = std::env::temp_dir().join(format!("rc-test-key-{}.pem", uuid::Uuid::new_v4()));
+    std::fs::write(
+        &path,
+        pem::encode(&pem::Pem::new("PRIVATE KEY", der.clone())),
+    )
+    .unwrap();
+    (path, der)
+}
+
+#[tokio::test]
+async fn a_configured_key_signs_tokens_that_survive_a_restart() {
+    let (key_file, _) = write_key_file();
+    let database_url = crate::helpers::create_database().await;
+    let config = {
+        let mut c = crate::helpers::test_config(&database_url);
+        c.signing_key_file = Some(key_file.clone());
+        c
+    };
+    let app = TestApp::start(config.clone(), database_url.clone()).await;
+    app.register("kim@example.com", "kim's password").await;
+    let login = app.login("kim@example.com", "kim's password").await;
+    app.stop().await;
+
+    let app = TestApp::start(config, database_url).await;
+    refresh(&app, &login.refresh_token).await.unwrap();
+    app.stop().await;
+    std::fs::remove_file(key_file).unwrap();
+}
+
+#[tokio::test]
+async fn tokens_signed_with_our_key_but_wrong_claims_are_unauthenticated() {
+    let (key_file, der) = write_key_file();
+    let app = TestApp::spawn_with(|c| c.signing_key_file = Some(key_file.clone())).await;
+    let (_, refresh_token) = session(&app).await;
+    let (header, claims) = parts(&refresh_token);
+    let key = EncodingKey::from_ed_der(&der);
+    let sign = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut c = claims.clone();
+        edit(&mut c);
+        let mut h = Header::new(Algorithm::EdDSA);
+        h.typ = Some("rt+jwt".into());
+        h.kid = header["kid"].as_str().map(str::to_owned);
+        jsonwebtoken::encode(&h, &c, &key).unwrap()
+    };
+    let now = chrono::Utc::now().timestamp();
+    let cases: [(&str, &dyn Fn(&mut serde_json::Value)); 7] = [
+        ("wrong aud", &|c| c["aud"] = "someone-else".into()),
+        ("aud as a list", &|c| {
+            c["aud"] = serde_json::json!(["realchat", "x"])
+        }),
+        ("wrong iss", &|c| c["iss"] = "https://evil.example".into()),
+        ("expired", &|c| {
+            c["iat"] = (now - 7200).into();
+            c["exp"] = (now - 3600).into();
+        }),
+        ("no exp", &|c| {
+            c.as_object_mut().unwrap().remove("exp");
+        }),
+        ("no aud", &|c| {
+            c.as_object_mut().unwrap().remove("aud");
+        }),
+        ("another session", &|c| {
+            c["sid"] = uuid::Uuid::new_v4().to_string().into()
+        }),
+    ];
+    for (name, edit) in cases {
+        let status = expect_code(refresh(&app, &sign(edit)).await, Code::Unauthenticated);
+        assert_eq!(status.message(), "invalid refresh token", "{name}");
+    }
+    // The control: our key and the real claims make a token the server takes,
+    // so the refusals above are the claims' doing.
+    refresh(&app, &sign(&|_| {})).await.unwrap();
+    app.stop().await;
+    std::fs::remove_file(key_file).unwrap();
+}

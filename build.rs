@@ -14,6 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        .codec_path("crate::codec::ProtoCodec")
         .file_descriptor_set_path(out_dir.join("auth_descriptor.bin"))
         .compile_protos(&["proto/realchat/auth/v1/auth_api.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto");

@@ -8,8 +8,11 @@ cd "$ROOT"
 ensure_build_tools
 ensure_postgres
 ensure_broker
+# Each test creates its own database; this run's share a prefix, so cleanup
+# drops only them, never another run's.
+export RC_TEST_DB_PREFIX="rc_test_$(date +%s)_$$_"
 drop_test_databases() {
-    psql "$PG_ADMIN_URL" -Atqc "SELECT datname FROM pg_database WHERE datname LIKE 'rc\_test\_%'" |
+    psql "$PG_ADMIN_URL" -Atqc "SELECT datname FROM pg_database WHERE starts_with(datname, '$RC_TEST_DB_PREFIX')" |
         while read -r db; do
             psql "$PG_ADMIN_URL" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null
         done

@@ -47,36 +47,68 @@ pub struct Config {
     #[arg(long, env = "AUTH_AUDIENCE", default_value = "realchat")]
     pub audience: String,
 
-    /// Access-token lifetime, seconds.
+    /// Access-token lifetime, seconds (1..=86400).
     #[arg(long, env = "AUTH_ACCESS_TOKEN_TTL_SECS", default_value_t = 900,
-          value_parser = clap::value_parser!(i64).range(1..))]
+          value_parser = clap::value_parser!(i64).range(1..=86_400))]
     pub access_token_ttl_secs: i64,
 
-    /// Refresh-token lifetime, seconds (renewed by each rotation).
+    /// Refresh-token lifetime, seconds (1..=31536000, a year). Each rotation
+    /// issues a token with a full lifetime, so an active session slides.
     #[arg(long, env = "AUTH_REFRESH_TOKEN_TTL_SECS", default_value_t = 2_592_000,
-          value_parser = clap::value_parser!(i64).range(1..))]
+          value_parser = clap::value_parser!(i64).range(1..=31_536_000))]
     pub refresh_token_ttl_secs: i64,
 
     /// Seconds during which a just-retired refresh token yields the session's
-    /// current token instead of revoking the session.
+    /// current token instead of revoking the session (0..=300).
     #[arg(long, env = "AUTH_REFRESH_REUSE_GRACE_SECS", default_value_t = 10,
-          value_parser = clap::value_parser!(i64).range(0..))]
+          value_parser = clap::value_parser!(i64).range(0..=300))]
     pub refresh_reuse_grace_secs: i64,
 
-    /// Clock skew tolerated when checking token expiry, seconds.
-    #[arg(long, env = "AUTH_TOKEN_LEEWAY_SECS", default_value_t = 30)]
+    /// Clock skew tolerated when checking token expiry, seconds (0..=300).
+    #[arg(long, env = "AUTH_TOKEN_LEEWAY_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(0..=300))]
     pub token_leeway_secs: u64,
 
     /// Most connections in the PostgreSQL pool.
-    #[arg(long, env = "AUTH_DB_MAX_CONNECTIONS", default_value_t = 10)]
+    #[arg(long, env = "AUTH_DB_MAX_CONNECTIONS", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub db_max_connections: u32,
 
-    /// Seconds a request waits for a database connection before UNAVAILABLE.
-    #[arg(long, env = "AUTH_DB_ACQUIRE_TIMEOUT_SECS", default_value_t = 5)]
+    /// Seconds a request waits for a database connection before UNAVAILABLE
+    /// (1..=300).
+    #[arg(long, env = "AUTH_DB_ACQUIRE_TIMEOUT_SECS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..=300))]
     pub db_acquire_timeout_secs: u64,
 
     /// Log format: `text` (human-readable) or `json`.
     #[arg(long, env = "AUTH_LOG_FORMAT", default_value = "text",
           value_parser = ["text", "json"])]
     pub log_format: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::Config;
+
+    #[test]
+    fn defaults_parse_and_bad_values_name_their_setting() {
+        let config = Config::try_parse_from(["realchat-auth"]).unwrap();
+        assert_eq!(config.bcrypt_cost, 12);
+        assert_eq!(config.refresh_reuse_grace_secs, 10);
+        for (flag, value) in [
+            ("--db-max-connections", "0"),
+            ("--refresh-reuse-grace-secs", "99999999999999999"),
+            ("--refresh-token-ttl-secs", "99999999999999999"),
+            ("--access-token-ttl-secs", "0"),
+            ("--bcrypt-cost", "3"),
+            ("--grpc-addr", "not-an-address"),
+        ] {
+            let error = Config::try_parse_from(["realchat-auth", flag, value])
+                .err()
+                .unwrap_or_else(|| panic!("{flag} {value} was accepted"));
+            assert!(error.to_string().contains(flag), "{error}");
+        }
+    }
 }

@@ -6,6 +6,7 @@
 //! Passwords are hashed in [`password`], tokens made and checked in [`token`].
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod codec;
 pub mod config;
 pub mod domain;
 pub mod grpc;

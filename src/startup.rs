@@ -19,6 +19,11 @@ use crate::service::AuthService;
 use crate::store;
 use crate::token::{SigningKey, TokenService, TokenSettings};
 
+/// Largest request message accepted, in bytes; larger ones are refused by
+/// tonic with OUT_OF_RANGE before they are decoded. Real requests are under
+/// 4 KiB (fields are capped at 1 KiB before normalisation, tokens ~600 B).
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
 /// A built server, bound to its address but not yet serving.
 pub struct Application {
     listener: TcpListener,
@@ -34,18 +39,7 @@ impl Application {
     /// # Errors
     /// Any start-up failure, with the setting or step it concerns.
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
-        let pool = store::connect(
-            &config.database_url,
-            config.db_max_connections,
-            Duration::from_secs(config.db_acquire_timeout_secs),
-        )
-        .await
-        .context("connecting to DATABASE_URL")?;
-        store::MIGRATOR
-            .run(&pool)
-            .await
-            .context("applying database migrations")?;
-
+        // The key first: a bad key file should fail before touching the database.
         let key = match &config.signing_key_file {
             Some(path) => SigningKey::from_pem_file(path).context("AUTH_SIGNING_KEY_FILE")?,
             None => {
@@ -57,6 +51,17 @@ impl Application {
             }
         };
         tracing::info!(kid = key.kid(), "signing key loaded");
+        let pool = store::connect(
+            &config.database_url,
+            config.db_max_connections,
+            Duration::from_secs(config.db_acquire_timeout_secs),
+        )
+        .await
+        .context("connecting to DATABASE_URL")?;
+        store::MIGRATOR
+            .run(&pool)
+            .await
+            .context("applying database migrations")?;
         let tokens = TokenService::new(
             key,
             TokenSettings {
@@ -106,7 +111,10 @@ impl Application {
         let addr = self.local_addr()?;
         tracing::info!(%addr, "gRPC server listening");
         tonic::transport::Server::builder()
-            .add_service(AuthApiServer::new(GrpcApi::new(self.service)))
+            .add_service(
+                AuthApiServer::new(GrpcApi::new(self.service))
+                    .max_decoding_message_size(MAX_REQUEST_BYTES),
+            )
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
             .await?;
         self.pool.close().await;

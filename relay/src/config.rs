@@ -42,11 +42,13 @@ pub struct RelayConfig {
     pub aggregate_types: Vec<String>,
 
     /// Partitions of a topic the relay creates.
-    #[arg(long, env = "RELAY_TOPIC_PARTITIONS", default_value_t = 3)]
+    #[arg(long, env = "RELAY_TOPIC_PARTITIONS", default_value_t = 3,
+          value_parser = clap::value_parser!(i32).range(1..=10_000))]
     pub topic_partitions: i32,
 
     /// Replication factor of a topic the relay creates.
-    #[arg(long, env = "RELAY_TOPIC_REPLICATION", default_value_t = 1)]
+    #[arg(long, env = "RELAY_TOPIC_REPLICATION", default_value_t = 1,
+          value_parser = clap::value_parser!(i32).range(1..=100))]
     pub topic_replication: i32,
 
     /// Most outbox rows claimed and produced per batch.
@@ -55,18 +57,21 @@ pub struct RelayConfig {
     pub batch_size: i64,
 
     /// Poll interval in ms: the fallback when no NOTIFY arrives.
-    #[arg(long, env = "RELAY_POLL_INTERVAL_MS", default_value_t = 1000)]
+    #[arg(long, env = "RELAY_POLL_INTERVAL_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub poll_interval_ms: u64,
 
     /// librdkafka `message.timeout.ms`: how long a message may wait for the
     /// broker's acknowledgement before its delivery fails and the row is
     /// retried, in ms.
-    #[arg(long, env = "RELAY_DELIVERY_TIMEOUT_MS", default_value_t = 30_000)]
+    #[arg(long, env = "RELAY_DELIVERY_TIMEOUT_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(1..=900_000))]
     pub delivery_timeout_ms: u64,
 
     /// Most wait between retries after a failed batch, in ms (the backoff
     /// doubles from the poll interval up to this).
-    #[arg(long, env = "RELAY_MAX_BACKOFF_MS", default_value_t = 30_000)]
+    #[arg(long, env = "RELAY_MAX_BACKOFF_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub max_backoff_ms: u64,
 
     /// CloudEvents `ce_source` header value.

@@ -37,7 +37,7 @@ pub const ADVISORY_LOCK_KEY: i64 = 0x5245_4c41_5931; // "RELAY1"
 pub async fn run(config: RelayConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     tokio::pin!(shutdown);
     let producer = kafka::producer(&config).context("creating the Kafka producer")?;
-    let poll = Duration::from_millis(config.poll_interval_ms.max(1));
+    let poll = Duration::from_millis(config.poll_interval_ms);
 
     let setup = async {
         let pool = connect_with_retry(&config.database_url, poll).await;
@@ -78,7 +78,7 @@ pub async fn run(config: RelayConfig, shutdown: impl Future<Output = ()>) -> any
             Err(e) => {
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "batch failed");
                 let wait = backoff;
-                backoff = (backoff * 2).min(Duration::from_millis(config.max_backoff_ms.max(1)));
+                backoff = (backoff * 2).min(Duration::from_millis(config.max_backoff_ms));
                 wait
             }
         };

@@ -1,6 +1,8 @@
 use std::fmt;
 
-use super::{has_control_char, nfkc};
+use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+
+use super::{MAX_RAW_FIELD_BYTES, has_control_char, nfkc};
 
 /// Longest accepted email address, in UTF-8 bytes (RFC 5321 §4.5.3.1.3 path
 /// limit less the angle brackets).
@@ -21,6 +23,8 @@ pub enum EmailError {
     Empty,
     #[error("email must not contain NUL or control characters")]
     ControlCharacter,
+    #[error("email must not contain invisible formatting characters")]
+    FormatCharacter,
     #[error("email must be at most {MAX_EMAIL_BYTES} bytes")]
     TooLong,
     #[error("email is not a valid address")]
@@ -31,11 +35,23 @@ impl Email {
     /// Normalises and validates `raw`.
     ///
     /// # Errors
-    /// [`EmailError`] naming the first rule `raw` breaks; a control character
-    /// anywhere, even in leading or trailing whitespace, is refused.
+    /// [`EmailError`] naming the first rule `raw` breaks. A control character
+    /// anywhere, even in leading or trailing whitespace, is refused, and so
+    /// is an invisible format character (Unicode category Cf: zero-width
+    /// space, soft hyphen, BOM, bidirectional overrides), which would let
+    /// look-alike addresses register as separate accounts.
     pub fn parse(raw: &str) -> Result<Self, EmailError> {
+        if raw.len() > MAX_RAW_FIELD_BYTES {
+            return Err(EmailError::TooLong);
+        }
         if has_control_char(raw) {
             return Err(EmailError::ControlCharacter);
+        }
+        if raw
+            .chars()
+            .any(|c| c.general_category() == GeneralCategory::Format)
+        {
+            return Err(EmailError::FormatCharacter);
         }
         // Lower-casing can leave a string that is not NFKC (e.g. U+0130), so
         // normalise on both sides to reach a fixed point.
@@ -89,6 +105,13 @@ mod tests {
         );
         let long = format!("{}@example.com", "a".repeat(250));
         assert_eq!(Email::parse(&long), Err(EmailError::TooLong));
+        assert_eq!(Email::parse(&"a".repeat(1 << 20)), Err(EmailError::TooLong));
+        for invisible in ["\u{200b}", "\u{ad}", "\u{feff}", "\u{202e}"] {
+            assert_eq!(
+                Email::parse(&format!("ali{invisible}ce@example.com")),
+                Err(EmailError::FormatCharacter)
+            );
+        }
         assert_eq!(Email::parse("not-an-email"), Err(EmailError::Invalid));
         assert_eq!(Email::parse("a@@example.com"), Err(EmailError::Invalid));
     }

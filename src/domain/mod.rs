@@ -28,6 +28,12 @@ pub struct FieldViolation {
     pub description: String,
 }
 
+/// Most UTF-8 bytes of a raw email or password that is normalised at all.
+/// NFKC can shrink text about threefold (Hangul jamo compose), so anything
+/// longer could never fit the 254- and 72-byte limits; refusing it before
+/// normalising keeps a huge field from costing more than a length check.
+pub const MAX_RAW_FIELD_BYTES: usize = 1024;
+
 /// True when `s` holds a NUL or any other Unicode control character (Cc).
 pub(crate) fn has_control_char(s: &str) -> bool {
     s.chars().any(char::is_control)

@@ -1,6 +1,6 @@
 use secrecy::{ExposeSecret, SecretString};
 
-use super::{has_control_char, nfkc};
+use super::{MAX_RAW_FIELD_BYTES, has_control_char, nfkc};
 
 /// Fewest characters (Unicode scalar values) in a new password, as NIST SP
 /// 800-63B §3.1.1.2 requires for user-chosen secrets.
@@ -33,6 +33,9 @@ impl NewPassword {
     /// # Errors
     /// [`PasswordError`] naming the first rule `raw` breaks.
     pub fn parse(raw: &str) -> Result<Self, PasswordError> {
+        if raw.len() > MAX_RAW_FIELD_BYTES {
+            return Err(PasswordError::TooLong);
+        }
         let normalised = PasswordAttempt::parse(raw)?;
         let value = normalised.0.expose_secret();
         if value.chars().count() < MIN_PASSWORD_CHARS {
@@ -53,6 +56,8 @@ impl NewPassword {
 /// A password presented at login: NFKC-normalised, free of control
 /// characters, and otherwise unchecked, so that a policy change never locks
 /// out an existing account and a wrong guess costs the same as a right one.
+/// An attempt over [`MAX_RAW_FIELD_BYTES`] is kept unnormalised (it cannot
+/// match any password, and normalising it would cost more than verifying).
 #[derive(Debug)]
 pub struct PasswordAttempt(SecretString);
 
@@ -65,6 +70,9 @@ impl PasswordAttempt {
     pub fn parse(raw: &str) -> Result<Self, PasswordError> {
         if has_control_char(raw) {
             return Err(PasswordError::ControlCharacter);
+        }
+        if raw.len() > MAX_RAW_FIELD_BYTES {
+            return Ok(Self(SecretString::from(raw)));
         }
         Ok(Self(SecretString::from(nfkc(raw))))
     }

@@ -40,10 +40,12 @@ fn url_for(name: &str) -> String {
     format!("{}/{name}{query}", &base[..cut])
 }
 
-/// Creates an empty database of the test's own; `scripts/test.sh` drops all
-/// `rc_test_*` databases when the run ends.
+/// Creates an empty database of the test's own, named with the run's prefix
+/// (`RC_TEST_DB_PREFIX`, set by `scripts/test.sh`, which drops that run's
+/// databases when it ends; default `rc_test_`).
 pub async fn create_database() -> String {
-    let name = format!("rc_test_{}", Uuid::new_v4().simple());
+    let prefix = std::env::var("RC_TEST_DB_PREFIX").unwrap_or_else(|_| "rc_test_".to_owned());
+    let name = format!("{prefix}{}", Uuid::new_v4().simple());
     let mut admin = PgConnection::connect(&admin_url())
         .await
         .expect("connect to DATABASE_URL; is PostgreSQL running?");
@@ -69,6 +71,7 @@ pub struct TestApp {
     pub client: AuthApiClient<Channel>,
     /// The test database, for direct checks.
     pub pool: PgPool,
+    pub database_url: String,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -103,6 +106,7 @@ impl TestApp {
             addr,
             client,
             pool,
+            database_url,
             stop: Some(stop),
             server: Some(server),
         }

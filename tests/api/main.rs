@@ -8,6 +8,7 @@ mod login;
 mod register;
 mod relay;
 mod tokens;
+mod wire;
 
 use tonic::{Code, Status};
 use tonic_types::StatusExt;

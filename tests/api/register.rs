@@ -156,6 +156,18 @@ async fn nul_and_control_characters_are_invalid_argument_per_field() {
             "bad\0password",
             vec!["email", "password"],
         ),
+        // Invisible format characters (Cf) would make look-alike accounts.
+        (
+            "zero\u{200b}width@example.com",
+            "good password",
+            vec!["email"],
+        ),
+        ("\u{feff}bom@example.com", "good password", vec!["email"]),
+        (
+            "rlo\u{202e}moc.elpmaxe@example.com",
+            "good password",
+            vec!["email"],
+        ),
     ];
     for (email, password, fields) in cases {
         let status = expect_code(

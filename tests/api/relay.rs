@@ -126,3 +126,51 @@ async fn registered_user_reaches_kafka_with_key_and_cloudevents_headers() {
     relay.await.unwrap().expect("relay exits cleanly");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn an_idle_relay_wakes_on_notify_and_publishes_every_registration() {
+    let app = TestApp::spawn().await;
+    let prefix = format!("rc-test-{}.", Uuid::new_v4().simple());
+    let topic = format!("{prefix}user");
+    // A poll interval far beyond the test's deadlines: only NOTIFY can wake
+    // the relay in time.
+    let mut config = relay_config(&app.database_url, &prefix);
+    config.poll_interval_ms = 600_000;
+    let (stop_relay, relay_stopped) = oneshot::channel::<()>();
+    let relay = tokio::spawn(realchat_relay::run(config, async {
+        let _ = relay_stopped.await;
+    }));
+    let consumer = consumer(&topic).await;
+
+    let mut expected = std::collections::HashMap::new();
+    for i in 0..5 {
+        let email = format!("user{i}@example.com");
+        expected.insert(
+            app.register(&email, "a good password").await.to_string(),
+            email,
+        );
+    }
+    let mut seen = std::collections::HashMap::new();
+    while seen.len() < expected.len() {
+        let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .expect("events arrive without waiting for a poll")
+            .expect("a message");
+        let key = String::from_utf8(message.key().unwrap().to_vec()).unwrap();
+        let payload: serde_json::Value =
+            serde_json::from_slice(message.payload().unwrap()).unwrap();
+        assert_eq!(payload["user_id"], key.as_str(), "key is the aggregate id");
+        seen.insert(key, payload["email"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(seen, expected);
+
+    stop_relay.send(()).unwrap();
+    relay.await.unwrap().expect("relay exits cleanly");
+    let unpublished: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(unpublished, 0);
+    app.stop().await;
+}

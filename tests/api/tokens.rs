@@ -275,7 +275,8 @@ async fn tokens_signed_with_our_key_but_wrong_claims_are_unauthenticated() {
         jsonwebtoken::encode(&h, &c, &key).unwrap()
     };
     let now = chrono::Utc::now().timestamp();
-    let cases: [(&str, &dyn Fn(&mut serde_json::Value)); 7] = [
+    type Edit<'a> = &'a dyn Fn(&mut serde_json::Value);
+    let cases: [(&str, Edit); 7] = [
         ("wrong aud", &|c| c["aud"] = "someone-else".into()),
         ("aud as a list", &|c| {
             c["aud"] = serde_json::json!(["realchat", "x"])

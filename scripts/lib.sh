@@ -84,6 +84,14 @@ ensure_database() {
     fi
 }
 
+# Installs tansu when absent (the tests also start brokers of their own).
+install_tansu() {
+    if ! "$TANSU" --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
+        log "Broker: installing tansu $TANSU_VERSION from crates.io (about 15 min the first time)"
+        cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql
+    fi
+}
+
 # Ensures the broker and exports KAFKA_BOOTSTRAP_SERVERS.
 ensure_broker() {
     if [ -n "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
@@ -95,10 +103,7 @@ ensure_broker() {
         log "Broker: reusing the one on 127.0.0.1:$BROKER_PORT"
         return
     fi
-    if ! "$TANSU" --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
-        log "Broker: installing tansu $TANSU_VERSION from crates.io (about 15 min the first time)"
-        cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql
-    fi
+    install_tansu
     local logfile
     logfile=$(mktemp -t tansu.XXXXXX.log)
     log "Broker: starting tansu on 127.0.0.1:$BROKER_PORT (log: $logfile)"

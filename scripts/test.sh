@@ -8,6 +8,7 @@ cd "$ROOT"
 ensure_build_tools
 ensure_postgres
 ensure_broker
+install_tansu
 # Each test creates its own database; this run's share a prefix, so cleanup
 # drops only them, never another run's.
 export RC_TEST_DB_PREFIX="rc_test_$(date +%s)_$$_"
@@ -23,7 +24,9 @@ export DATABASE_URL="$PG_ADMIN_URL"
 out=$(mktemp -t realchat-test.XXXXXX)
 CLEANUP+=("rm -f $out")
 status=0
-cargo test --workspace --locked "$@" 2>&1 | tee "$out" || status=$?
+export TANSU_BIN="$TANSU"
+# The relay's fault tests run the real relay binary, next to the test binary.
+{ cargo build --workspace --locked --bins && cargo test --workspace --locked "$@"; } 2>&1 | tee "$out" || status=$?
 # One closing line for the whole run (cargo prints one per test binary).
 awk '/^test result:/ { p += $4; f += $6 } END { printf "total: %d passed, %d failed\n", p, f }' "$out"
 exit "$status"

@@ -74,7 +74,36 @@ pub struct RelayConfig {
           value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub max_backoff_ms: u64,
 
+    /// Published rows older than this many seconds are deleted.
+    #[arg(long, env = "RELAY_RETENTION_SECS", default_value_t = 604_800,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub retention_secs: u64,
+
+    /// Seconds between retention clean-ups.
+    #[arg(long, env = "RELAY_CLEANUP_INTERVAL_SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub cleanup_interval_secs: u64,
+
+    /// Rows deleted per clean-up statement (each its own short transaction).
+    #[arg(long, env = "RELAY_CLEANUP_BATCH", default_value_t = 1000,
+          value_parser = clap::value_parser!(i64).range(1..=100_000))]
+    pub cleanup_batch: i64,
+
+    /// Extra librdkafka setting as KEY=VALUE (repeatable), e.g.
+    /// `security.protocol=sasl_ssl`. Environment variables `RELAY_KAFKA_*`
+    /// add more (`RELAY_KAFKA_SASL_USERNAME` is `sasl.username`).
+    /// `enable.idempotence` and `acks` cannot be overridden.
+    #[arg(long = "kafka-config", value_name = "KEY=VALUE", value_parser = parse_setting)]
+    pub kafka_config: Vec<(String, String)>,
+
     /// CloudEvents `ce_source` header value.
     #[arg(long, env = "RELAY_CE_SOURCE", default_value = "/realchat/auth")]
     pub ce_source: String,
+}
+
+fn parse_setting(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
 }

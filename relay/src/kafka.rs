@@ -10,19 +10,54 @@ use rdkafka::producer::{FutureProducer, Producer as _};
 
 use crate::RelayConfig;
 
+/// The librdkafka settings every client of the relay shares: the extra
+/// settings (`RELAY_KAFKA_*`, `--kafka-config`, e.g. SASL and TLS) first,
+/// then the bootstrap servers.
+fn client_config(config: &RelayConfig) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    for (key, value) in &config.kafka_config {
+        client.set(key, value);
+    }
+    client.set("bootstrap.servers", &config.kafka_bootstrap_servers);
+    client
+}
+
 /// The producer: `enable.idempotence=true` (so librdkafka's retries can
-/// neither duplicate nor reorder within a partition) and `acks=all`.
+/// neither duplicate nor reorder within a partition) and `acks=all`. These
+/// two are set after the extra settings, so no extra setting can weaken them.
 ///
 /// # Errors
 /// When librdkafka refuses the configuration.
 pub fn producer(config: &RelayConfig) -> Result<FutureProducer, KafkaError> {
-    ClientConfig::new()
-        .set("bootstrap.servers", &config.kafka_bootstrap_servers)
+    let mut client = client_config(config);
+    if !config.kafka_config.iter().any(|(k, _)| k == "linger.ms") {
+        client.set("linger.ms", "5");
+    }
+    client
+        .set("message.timeout.ms", config.delivery_timeout_ms.to_string())
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("message.timeout.ms", config.delivery_timeout_ms.to_string())
-        .set("linger.ms", "5")
         .create()
+}
+
+/// The producer's fatal error, if it has one: an idempotent producer that
+/// lost its guarantees (e.g. an unrecoverable sequence gap) stays failed
+/// until it is replaced.
+pub fn fatal_error(producer: &FutureProducer) -> Option<String> {
+    producer
+        .client()
+        .fatal_error()
+        .map(|(code, reason)| format!("{code:?}: {reason}"))
+}
+
+/// Extra librdkafka settings from the environment: `RELAY_KAFKA_SASL_MECHANISMS`
+/// becomes `sasl.mechanisms` (the prefix dropped, lower-cased, `_` → `.`).
+pub fn settings_from_env(vars: impl Iterator<Item = (String, String)>) -> Vec<(String, String)> {
+    vars.filter_map(|(name, value)| {
+        let key = name.strip_prefix("RELAY_KAFKA_")?;
+        Some((key.to_ascii_lowercase().replace('_', "."), value))
+    })
+    .collect()
 }
 
 /// Creates `topic` unless it exists.
@@ -30,9 +65,7 @@ pub fn producer(config: &RelayConfig) -> Result<FutureProducer, KafkaError> {
 /// # Errors
 /// When the broker cannot be reached or refuses the topic.
 pub async fn ensure_topic(config: &RelayConfig, topic: &str) -> Result<(), KafkaError> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &config.kafka_bootstrap_servers)
-        .create()?;
+    let admin: AdminClient<DefaultClientContext> = client_config(config).create()?;
     let new = NewTopic::new(
         topic,
         config.topic_partitions,
@@ -53,5 +86,28 @@ pub async fn ensure_topic(config: &RelayConfig, topic: &str) -> Result<(), Kafka
 pub fn flush(producer: &FutureProducer) {
     if let Err(e) = producer.flush(Duration::from_secs(10)) {
         tracing::warn!(error = %e, "producer flush incomplete");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_settings_become_librdkafka_keys() {
+        let vars = [
+            ("RELAY_KAFKA_SASL_MECHANISMS", "PLAIN"),
+            ("RELAY_KAFKA_SECURITY_PROTOCOL", "sasl_ssl"),
+            ("RELAY_BATCH_SIZE", "10"),
+            ("KAFKA_BOOTSTRAP_SERVERS", "x:9092"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        assert_eq!(
+            settings_from_env(vars.into_iter()),
+            [
+                ("sasl.mechanisms".to_owned(), "PLAIN".to_owned()),
+                ("security.protocol".to_owned(), "sasl_ssl".to_owned()),
+            ]
+        );
     }
 }

@@ -12,12 +12,14 @@
 pub mod config;
 mod kafka;
 mod outbox;
+mod retention;
 
 use std::collections::HashSet;
 use std::future::Future;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use futures::FutureExt as _;
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::{Connection as _, PgConnection, PgPool};
 use tokio::time::{Instant, sleep};
@@ -28,7 +30,12 @@ pub use config::RelayConfig;
 pub const ADVISORY_LOCK_KEY: i64 = 0x5245_4c41_5931; // "RELAY1"
 
 /// Runs the relay until `shutdown` completes. The batch in flight when it
-/// does is finished (produced, acknowledged, marked) before returning.
+/// does is finished (produced, acknowledged, marked) before returning, so a
+/// SIGTERM never strands an acknowledged event unmarked.
+///
+/// While another relay holds the advisory lock this one stands by, trying
+/// the lock every poll interval; if its own lock connection dies it stops
+/// publishing and stands by again.
 ///
 /// # Errors
 /// Only start-up failures that retrying cannot fix (bad settings, a producer
@@ -36,59 +43,83 @@ pub const ADVISORY_LOCK_KEY: i64 = 0x5245_4c41_5931; // "RELAY1"
 /// waited out with backoff.
 pub async fn run(config: RelayConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     tokio::pin!(shutdown);
-    let producer = kafka::producer(&config).context("creating the Kafka producer")?;
+    let mut producer = kafka::producer(&config).context("creating the Kafka producer")?;
     let poll = Duration::from_millis(config.poll_interval_ms);
-
-    let setup = async {
-        let pool = connect_with_retry(&config.database_url, poll).await;
-        wait_for_outbox(&pool, poll).await;
-        let lock_conn = acquire_lock(&config.database_url, poll).await;
-        (pool, lock_conn)
-    };
-    let (pool, _lock_conn) = tokio::select! {
-        ready = setup => ready,
+    let pool = tokio::select! {
+        pool = connect_with_retry(&config.database_url, poll) => pool,
         () = &mut shutdown => return Ok(()),
     };
-    tracing::info!("holding the relay lock; publishing");
-
-    let mut topics = HashSet::new();
-    for aggregate in &config.aggregate_types {
-        let topic = format!("{}{aggregate}", config.topic_prefix);
-        match kafka::ensure_topic(&config, &topic).await {
-            Ok(()) => {
-                topics.insert(topic);
-            }
-            Err(e) => tracing::warn!(%topic, error = %e, "cannot create topic yet; will retry"),
-        }
+    tokio::select! {
+        () = wait_for_outbox(&pool, poll) => {}
+        () = &mut shutdown => return Ok(()),
     }
 
-    let mut listener = listen(&pool).await;
-    let mut backoff = poll;
-    loop {
-        let outcome = outbox::drain_batch(&pool, &producer, &config, &mut topics).await;
-        let wait = match outcome {
-            Ok(claimed) if claimed as i64 >= config.batch_size => {
-                backoff = poll;
-                Duration::ZERO
-            }
-            Ok(_) => {
-                backoff = poll;
-                poll
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "batch failed");
-                let wait = backoff;
-                backoff = (backoff * 2).min(Duration::from_millis(config.max_backoff_ms));
-                wait
-            }
+    let mut topics = HashSet::new();
+    'standby: loop {
+        let mut lock = tokio::select! {
+            lock = acquire_lock(&config.database_url, poll) => lock,
+            () = &mut shutdown => break 'standby,
         };
-        if wait.is_zero() {
-            continue;
+        tracing::info!("holding the relay lock; publishing");
+        for aggregate in &config.aggregate_types {
+            let topic = format!("{}{aggregate}", config.topic_prefix);
+            match kafka::ensure_topic(&config, &topic).await {
+                Ok(()) => {
+                    topics.insert(topic);
+                }
+                Err(e) => tracing::warn!(%topic, error = %e, "cannot create topic yet; will retry"),
+            }
         }
-        let deadline = Instant::now() + wait;
-        tokio::select! {
-            () = &mut shutdown => break,
-            () = wake(&mut listener, deadline) => {}
+
+        let mut listener = listen(&pool).await;
+        let mut backoff = poll;
+        let mut next_cleanup = Instant::now();
+        loop {
+            if shutdown.as_mut().now_or_never().is_some() {
+                break 'standby;
+            }
+            if let Err(e) = sqlx::query("SELECT 1").execute(&mut lock).await {
+                tracing::warn!(error = %e, "lost the relay lock connection; standing by");
+                continue 'standby;
+            }
+            if Instant::now() >= next_cleanup {
+                retention::delete_expired(&pool, &config).await;
+                next_cleanup = Instant::now() + Duration::from_secs(config.cleanup_interval_secs);
+            }
+            let outcome = outbox::drain_batch(&pool, &producer, &config, &mut topics).await;
+            let wait = match outcome {
+                Ok(claimed) if claimed as i64 >= config.batch_size => {
+                    backoff = poll;
+                    continue;
+                }
+                Ok(_) => {
+                    backoff = poll;
+                    poll
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "batch failed");
+                    if let Some(fatal) = kafka::fatal_error(&producer) {
+                        tracing::error!(error = %fatal, "producer in a fatal state");
+                    }
+                    // Every delivery of the batch has reported, so nothing is
+                    // in flight: a new producer (new producer id, fresh
+                    // sequence numbers) costs a reconnect and clears any state
+                    // the old one or a restarted broker got stuck in (a fatal
+                    // idempotence error, an unknown producer id).
+                    if matches!(e, outbox::BatchError::Undelivered { .. }) {
+                        producer =
+                            kafka::producer(&config).context("re-creating the Kafka producer")?;
+                    }
+                    let wait = backoff;
+                    backoff = (backoff * 2).min(Duration::from_millis(config.max_backoff_ms));
+                    wait
+                }
+            };
+            let deadline = Instant::now() + wait;
+            tokio::select! {
+                () = &mut shutdown => break 'standby,
+                () = wake(&mut listener, deadline) => {}
+            }
         }
     }
     tracing::info!("relay stopping");
@@ -199,3 +230,5 @@ async fn acquire_lock(url: &str, poll: Duration) -> PgConnection {
         sleep(poll).await;
     }
 }
+
+pub use kafka::settings_from_env as kafka_settings_from_env;

@@ -5,7 +5,10 @@ use realchat_relay::RelayConfig;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = RelayConfig::parse();
+    let mut config = RelayConfig::parse();
+    config
+        .kafka_config
+        .extend(realchat_relay::kafka_settings_from_env(std::env::vars()));
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt().with_env_filter(filter).init();

@@ -5,8 +5,10 @@
 mod availability;
 mod helpers;
 mod login;
+mod processes;
 mod register;
 mod relay;
+mod relay_faults;
 mod tokens;
 mod wire;
 

@@ -23,9 +23,14 @@ fn relay_config(database_url: &str, topic_prefix: &str) -> RelayConfig {
 
 /// A consumer reading every partition of `topic` from the beginning, once the
 /// relay has created it.
-async fn consumer(topic: &str) -> StreamConsumer {
+pub async fn consumer(topic: &str) -> StreamConsumer {
+    consumer_on(&bootstrap_servers(), topic).await
+}
+
+/// [`consumer`] on the broker at `bootstrap`.
+pub async fn consumer_on(bootstrap: &str, topic: &str) -> StreamConsumer {
     let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap_servers())
+        .set("bootstrap.servers", bootstrap)
         .set("group.id", format!("test-{}", Uuid::new_v4()))
         .set("enable.auto.commit", "false")
         .create()
@@ -173,4 +178,40 @@ async fn an_idle_relay_wakes_on_notify_and_publishes_every_registration() {
             .unwrap();
     assert_eq!(unpublished, 0);
     app.stop().await;
+}
+
+/// One consumed event: its key, `ce_id` header and JSON payload.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub key: String,
+    pub ce_id: Uuid,
+    pub payload: serde_json::Value,
+}
+
+/// Consumes until `done` holds for what was received, or panics after
+/// `within` (a deadline for the condition, not a sleep).
+pub async fn collect(
+    consumer: &StreamConsumer,
+    within: Duration,
+    done: impl Fn(&[Event]) -> bool,
+) -> Vec<Event> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut events = Vec::new();
+    while !done(&events) {
+        let message = tokio::time::timeout_at(deadline, consumer.recv())
+            .await
+            .unwrap_or_else(|_| panic!("timed out after {within:?} with {} events", events.len()))
+            .expect("a message");
+        let ce_id = message
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == "ce_id").and_then(|h| h.value))
+            .map(|v| std::str::from_utf8(v).unwrap().parse().unwrap())
+            .expect("ce_id header");
+        events.push(Event {
+            key: String::from_utf8(message.key().unwrap().to_vec()).unwrap(),
+            ce_id,
+            payload: serde_json::from_slice(message.payload().unwrap()).unwrap(),
+        });
+    }
+    events
 }

@@ -1,0 +1,253 @@
+//! Real processes for the relay's fault tests: the `realchat-relay` binary
+//! and a broker of the test's own that it can stop and start again.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use uuid::Uuid;
+
+use crate::helpers::eventually;
+
+/// The relay binary, built next to this test binary (`scripts/test.sh`
+/// builds it first) or named by `REALCHAT_RELAY_BIN`.
+fn relay_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("REALCHAT_RELAY_BIN") {
+        return path.into();
+    }
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/api-<hash> -> target/<profile>/realchat-relay
+    let path = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("realchat-relay");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build -p realchat-relay` (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// A running `realchat-relay` process with its captured log lines, printed
+/// when the test fails (panics) so the failure shows what the relay did.
+pub struct RelayProcess {
+    child: Child,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for line in self.logs.lock().unwrap().iter() {
+                eprintln!("relay: {line}");
+            }
+        }
+    }
+}
+
+impl RelayProcess {
+    /// Starts the relay with `env` on top of a fast test setting: 100 ms
+    /// poll, 3 s delivery timeout, 1 s backoff cap.
+    pub fn start(database_url: &str, bootstrap: &str, prefix: &str, env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(relay_bin());
+        command
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .env("DATABASE_URL", database_url)
+            .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
+            .env("RELAY_TOPIC_PREFIX", prefix)
+            .env("RELAY_POLL_INTERVAL_MS", "100")
+            .env("RELAY_DELIVERY_TIMEOUT_MS", "3000")
+            .env("RELAY_MAX_BACKOFF_MS", "1000");
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start realchat-relay");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let logs = Arc::clone(&logs);
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stream).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    logs.lock().unwrap().push(line);
+                }
+            });
+        }
+        Self { child, logs }
+    }
+
+    /// Waits until a log line contains `needle`.
+    pub async fn wait_log(&self, needle: &str, within: Duration) {
+        eventually(within, &format!("relay log line {needle:?}"), || {
+            let found = self.logs.lock().unwrap().iter().any(|l| l.contains(needle));
+            async move { found.then_some(()) }
+        })
+        .await;
+    }
+
+    /// SIGKILL: no chance to flush or mark.
+    pub async fn kill(mut self) {
+        self.child.kill().await.unwrap();
+    }
+
+    /// SIGTERM, then waits for the exit; returns the exit code.
+    pub async fn terminate(mut self) -> Option<i32> {
+        let pid = self.child.id().unwrap().to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .expect("relay exits within 60 s of SIGTERM")
+            .unwrap();
+        status.code()
+    }
+}
+
+/// A tansu broker of the test's own on a free port, storing in SQLite so
+/// that topics and messages survive a restart.
+pub struct Broker {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Broker {
+    pub async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!("rc-test-broker-{}", Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut broker = Self {
+            port,
+            dir,
+            child: None,
+        };
+        broker.resume().await;
+        broker
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the broker (SIGKILL) and waits until its port is closed.
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.unwrap();
+        }
+        let port = self.port;
+        eventually(
+            Duration::from_secs(10),
+            "the broker port to close",
+            || async move {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_err()
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// Starts the broker (again) on the same port and storage.
+    pub async fn resume(&mut self) {
+        let bin = std::env::var_os("TANSU_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                let home = std::env::var_os("CARGO_HOME")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| {
+                        PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cargo")
+                    });
+                home.join("bin/tansu")
+            });
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let child = Command::new(bin)
+            .current_dir(&self.dir)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start tansu (TANSU_BIN or $CARGO_HOME/bin/tansu)");
+        self.child = Some(child);
+        let port = self.port;
+        eventually(
+            Duration::from_secs(20),
+            "the broker to listen",
+            || async move {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .ok()
+                    .map(|_| ())
+            },
+        )
+        .await;
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Inserts `count` outbox rows directly, spread round-robin over `keys`
+/// aggregate ids (`key-0` …), each payload carrying its per-key sequence
+/// number `n`. Returns their event ids in `seq` order.
+pub async fn insert_events(pool: &PgPool, keys: i64, count: i64) -> Vec<Uuid> {
+    sqlx::query_scalar(
+        "INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload)
+         SELECT gen_random_uuid(), 'user', 'key-' || (g % $1), 'TestEvent',
+                jsonb_build_object('key', 'key-' || (g % $1), 'n', g / $1)
+         FROM generate_series(0, $2 - 1) AS g
+         ORDER BY g
+         RETURNING id",
+    )
+    .bind(keys)
+    .bind(count)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// Rows still unpublished.
+pub async fn unpublished(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}

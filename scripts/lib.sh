@@ -62,17 +62,25 @@ ensure_postgres() {
         log "PostgreSQL: installing Debian's postgresql package"
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
-        local conf
-        conf=$(ls /etc/postgresql/*/main/pg_hba.conf | head -n1)
-        # Loopback only, as on the development machines: trust the postgres
-        # role from 127.0.0.1 so tests and local runs need no password.
-        sed -i '1i host all postgres 127.0.0.1/32 trust' "$conf"
     fi
-    local version
+    local version conf rule="host all postgres 127.0.0.1/32 trust"
     version=$(ls /etc/postgresql | sort -V | tail -n1)
-    log "PostgreSQL: starting cluster $version/main"
-    pg_ctlcluster --skip-systemctl-redirect "$version" main start
-    CLEANUP+=("pg_ctlcluster --skip-systemctl-redirect $version main stop")
+    conf="/etc/postgresql/$version/main/pg_hba.conf"
+    # Loopback only, as on the development machines: trust the postgres role
+    # from 127.0.0.1 so tests and local runs need no password (a stock
+    # Debian cluster asks for one over TCP).
+    if [ -w "$conf" ] && ! grep -qxF "$rule" "$conf"; then
+        log "PostgreSQL: adding '$rule' to $conf"
+        sed -i "1i $rule" "$conf"
+    fi
+    if pg_ctlcluster --skip-systemctl-redirect "$version" main status >/dev/null 2>&1; then
+        # Running but not on 127.0.0.1:5432 yet (just installed): reload the rule.
+        pg_ctlcluster --skip-systemctl-redirect "$version" main reload
+    else
+        log "PostgreSQL: starting cluster $version/main"
+        pg_ctlcluster --skip-systemctl-redirect "$version" main start
+        CLEANUP+=("pg_ctlcluster --skip-systemctl-redirect $version main stop")
+    fi
     wait_port 5432 60 PostgreSQL
 }
 

@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 /// Settings of the `realchat-auth` server. Durations are whole seconds.
-#[derive(Debug, Clone, clap::Parser)]
+/// Not `Debug`: `DATABASE_URL` may carry a password.
+#[derive(Clone, clap::Parser)]
 #[command(name = "realchat-auth", version, about = "RealChat Auth gRPC server")]
 pub struct Config {
     /// PostgreSQL connection URL.
@@ -96,6 +97,9 @@ mod tests {
     fn defaults_parse_and_bad_values_name_their_setting() {
         let config = Config::try_parse_from(["realchat-auth"]).unwrap();
         assert_eq!(config.bcrypt_cost, 12);
+        assert_eq!(config.grpc_addr.to_string(), "127.0.0.1:50051");
+        assert_eq!(config.access_token_ttl_secs, 900);
+        assert_eq!(config.refresh_token_ttl_secs, 30 * 24 * 3600);
         assert_eq!(config.refresh_reuse_grace_secs, 10);
         for (flag, value) in [
             ("--db-max-connections", "0"),

@@ -19,6 +19,7 @@ pub struct GrpcApi {
 }
 
 impl GrpcApi {
+    /// The gRPC service over `service`.
     pub fn new(service: Arc<AuthService>) -> Self {
         Self { service }
     }

@@ -5,6 +5,7 @@
 //! [`service`] (the rules, one transaction per use-case) → [`store`] (SQL).
 //! Passwords are hashed in [`password`], tokens made and checked in [`token`].
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![warn(missing_docs)]
 
 pub mod codec;
 pub mod config;

@@ -19,8 +19,9 @@ pub enum HashError {
     /// The pool's queue is full; the caller should retry later.
     #[error("password hashing queue is full")]
     Busy,
-    /// bcrypt refused its input (e.g. a malformed stored hash).
-    #[error("bcrypt failed: {0}")]
+    /// bcrypt refused its input (e.g. a malformed stored hash). The message
+    /// leaves out bcrypt's own text, which may quote the stored hash.
+    #[error("bcrypt refused its input (a malformed stored hash?)")]
     Bcrypt(#[from] bcrypt::BcryptError),
     /// The pool dropped the job (it was shut down).
     #[error("password hashing pool is gone")]
@@ -163,6 +164,10 @@ mod tests {
             .await
             .unwrap();
         assert!(hash.starts_with("$2b$04$"));
+        assert!(
+            h.inner.dummy_hash.starts_with("$2b$04$"),
+            "dummy hash at the same cost"
+        );
         let attempt = |p: &str| PasswordAttempt::parse(p).unwrap();
         assert!(
             h.verify(attempt("a good password"), Some(hash.clone()))
@@ -175,6 +180,16 @@ mod tests {
                 .unwrap()
         );
         assert!(!h.verify(attempt("a good password"), None).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn jobs_run_on_the_bcrypt_pool_not_the_async_workers() {
+        let h = hasher(4, 1, 1);
+        let thread = h
+            .run(|| Ok(std::thread::current().name().map(str::to_owned)))
+            .await
+            .unwrap();
+        assert_eq!(thread.as_deref(), Some("bcrypt-0"));
     }
 
     #[tokio::test]

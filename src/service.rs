@@ -78,7 +78,9 @@ impl From<TokenError> for ServiceError {
 /// A freshly issued access token and refresh token.
 #[derive(Debug, Clone)]
 pub struct TokenPair {
+    /// The access token (JWT, `typ: at+jwt`).
     pub access_token: String,
+    /// The refresh token (JWT, `typ: rt+jwt`).
     pub refresh_token: String,
     /// Seconds until the access token expires.
     pub access_expires_in: i64,
@@ -213,7 +215,7 @@ impl AuthService {
         let refresh = self
             .tokens
             .claims(TokenKind::Refresh, user_id, session_id, jti, iat);
-        let pair = self.pair(&refresh)?;
+        let pair = self.pair(&refresh, iat)?;
         let mut conn = self.pool.acquire().await?;
         store::sessions::insert(
             &mut conn,
@@ -259,7 +261,7 @@ impl AuthService {
                 Uuid::new_v4(),
                 now.timestamp(),
             );
-            let pair = self.pair(&refresh)?;
+            let pair = self.pair(&refresh, now.timestamp())?;
             store::sessions::rotate(
                 &mut tx,
                 session.id,
@@ -284,7 +286,7 @@ impl AuthService {
                 exp: session.expires_at.timestamp(),
                 ..claims
             };
-            return self.pair(&current);
+            return self.pair(&current, now.timestamp());
         }
         store::sessions::revoke(
             &mut tx,
@@ -335,9 +337,10 @@ impl AuthService {
         Ok(self.tokens.verify(TokenKind::Refresh, token)?)
     }
 
-    /// Mints `refresh` and a new access token of the same session.
-    fn pair(&self, refresh: &crate::token::Claims) -> Result<TokenPair, ServiceError> {
-        let now = Utc::now().timestamp();
+    /// Mints `refresh` and a new access token of the same session, issued at
+    /// `now` (seconds): one clock reading for the pair, so `expires_in` is
+    /// exactly the configured lifetime.
+    fn pair(&self, refresh: &crate::token::Claims, now: i64) -> Result<TokenPair, ServiceError> {
         let access = self.tokens.claims(
             TokenKind::Access,
             refresh.sub,

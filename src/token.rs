@@ -30,13 +30,23 @@ pub enum TokenError {
 /// Why a signing key could not be loaded or made.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
+    /// The key file cannot be read.
     #[error("cannot read signing key file {path}: {source}")]
     Read {
+        /// The file named in `AUTH_SIGNING_KEY_FILE`.
         path: String,
+        /// Why it cannot be read.
         source: std::io::Error,
     },
+    /// The key file is not a PKCS#8 Ed25519 private key in PEM.
     #[error("signing key file {path} is not a PKCS#8 Ed25519 private key in PEM: {reason}")]
-    Parse { path: String, reason: String },
+    Parse {
+        /// The file named in `AUTH_SIGNING_KEY_FILE`.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The system RNG failed.
     #[error("cannot generate an Ed25519 key: {0}")]
     Generate(String),
 }
@@ -64,7 +74,9 @@ impl TokenKind {
 /// The claims of both token kinds. Times are seconds since the Unix epoch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
+    /// Issuer (`AUTH_ISSUER`).
     pub iss: String,
+    /// Audience (`AUTH_AUDIENCE`); a single string, never a list.
     pub aud: String,
     /// The user id.
     pub sub: Uuid,
@@ -72,7 +84,9 @@ pub struct Claims {
     pub sid: Uuid,
     /// The token id; for refresh tokens, what the session row stores.
     pub jti: Uuid,
+    /// Issued at, seconds since the epoch.
     pub iat: i64,
+    /// Expires at, seconds since the epoch.
     pub exp: i64,
 }
 

@@ -2,8 +2,9 @@
 //! `realchat-relay --help` lists every setting with its default.
 
 /// Settings of the `realchat-relay` process. Durations are milliseconds where
-/// the name ends in `_ms`.
-#[derive(Debug, Clone, clap::Parser)]
+/// the name ends in `_ms`. Not `Debug`: `DATABASE_URL` and the Kafka
+/// settings may carry passwords.
+#[derive(Clone, clap::Parser)]
 #[command(
     name = "realchat-relay",
     version,
@@ -101,9 +102,62 @@ pub struct RelayConfig {
     pub ce_source: String,
 }
 
+impl RelayConfig {
+    /// The topic of an aggregate type: `<topic_prefix><aggregatetype>`.
+    pub fn topic_for(&self, aggregatetype: &str) -> String {
+        format!("{}{aggregatetype}", self.topic_prefix)
+    }
+}
+
 fn parse_setting(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
         _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::RelayConfig;
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let config = RelayConfig::try_parse_from(["realchat-relay"]).unwrap();
+        assert_eq!(config.topic_for("user"), "realchat.auth.user");
+        assert_eq!(config.kafka_bootstrap_servers, "127.0.0.1:9092");
+        assert_eq!(config.topic_partitions, 3);
+        assert_eq!(config.retention_secs, 7 * 24 * 3600);
+    }
+
+    #[test]
+    fn kafka_settings_parse_and_bad_values_name_their_setting() {
+        let config = RelayConfig::try_parse_from([
+            "realchat-relay",
+            "--kafka-config",
+            "security.protocol=sasl_ssl",
+            "--kafka-config",
+            "sasl.password=a=b",
+        ])
+        .unwrap();
+        assert_eq!(
+            config.kafka_config,
+            [
+                ("security.protocol".to_owned(), "sasl_ssl".to_owned()),
+                ("sasl.password".to_owned(), "a=b".to_owned()),
+            ]
+        );
+        for (flag, value) in [
+            ("--kafka-config", "no-equals-sign"),
+            ("--batch-size", "0"),
+            ("--topic-partitions", "0"),
+            ("--poll-interval-ms", "0"),
+        ] {
+            let error = RelayConfig::try_parse_from(["realchat-relay", flag, value])
+                .err()
+                .unwrap_or_else(|| panic!("{flag} {value} was accepted"));
+            assert!(error.to_string().contains(flag), "{error}");
+        }
     }
 }

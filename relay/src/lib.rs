@@ -8,6 +8,7 @@
 //! await every delivery report, and mark published only the acknowledged
 //! prefix of the batch. Wakes on `LISTEN outbox`, polls as a fallback.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![warn(missing_docs)]
 
 pub mod config;
 mod kafka;
@@ -62,7 +63,7 @@ pub async fn run(config: RelayConfig, shutdown: impl Future<Output = ()>) -> any
         };
         tracing::info!("holding the relay lock; publishing");
         for aggregate in &config.aggregate_types {
-            let topic = format!("{}{aggregate}", config.topic_prefix);
+            let topic = config.topic_for(aggregate);
             match kafka::ensure_topic(&config, &topic).await {
                 Ok(()) => {
                     topics.insert(topic);

@@ -64,7 +64,7 @@ pub async fn drain_batch(
     }
     let names: Vec<String> = rows
         .iter()
-        .map(|r| format!("{}{}", config.topic_prefix, r.aggregatetype))
+        .map(|r| config.topic_for(&r.aggregatetype))
         .collect();
     for name in &names {
         if !topics.contains(name) {

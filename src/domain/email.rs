@@ -9,8 +9,10 @@ use super::{MAX_RAW_FIELD_BYTES, has_control_char, nfkc};
 pub const MAX_EMAIL_BYTES: usize = 254;
 
 /// An email address in its normalised form: trimmed, NFKC, lower-cased, at
-/// most [`MAX_EMAIL_BYTES`] bytes, and accepted by the `email_address` crate
-/// (RFC 5322 addr-spec). Two inputs that differ only in case, surrounding
+/// most [`MAX_EMAIL_BYTES`] bytes, and a bare mailbox as the `email_address`
+/// crate parses it (RFC 5322 addr-spec, with RFC 6531 non-ASCII), less the
+/// forms no user needs: display names, quoted local parts, domain literals
+/// and single-label domains. Two inputs that differ only in case, surrounding
 /// whitespace or Unicode normalisation form parse to equal values, which is
 /// what the `users.email` unique index compares.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -19,14 +21,20 @@ pub struct Email(String);
 /// Why a string is not an [`Email`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum EmailError {
+    /// Nothing left after trimming.
     #[error("email must not be empty")]
     Empty,
+    /// NUL or another control character (Cc), anywhere.
     #[error("email must not contain NUL or control characters")]
     ControlCharacter,
+    /// An invisible format character (Cf), anywhere.
     #[error("email must not contain invisible formatting characters")]
     FormatCharacter,
+    /// Over [`MAX_EMAIL_BYTES`] after normalisation, or over
+    /// [`MAX_RAW_FIELD_BYTES`] before it.
     #[error("email must be at most {MAX_EMAIL_BYTES} bytes")]
     TooLong,
+    /// Not a bare mailbox address.
     #[error("email is not a valid address")]
     Invalid,
 }
@@ -62,7 +70,18 @@ impl Email {
         if normalised.len() > MAX_EMAIL_BYTES {
             return Err(EmailError::TooLong);
         }
-        if has_control_char(&normalised) || !email_address::EmailAddress::is_valid(&normalised) {
+        // A bare mailbox only: no display name ("Eve <bob@…>"), no quoted
+        // local part, no domain literal ("bob@[127.0.0.1]"), and a domain
+        // with a top-level label — forms that would let one mailbox hold
+        // several accounts or be no public address at all.
+        let options = email_address::Options::default()
+            .without_display_text()
+            .without_domain_literal()
+            .with_required_tld();
+        if has_control_char(&normalised)
+            || normalised.contains('"')
+            || email_address::EmailAddress::parse_with_options(&normalised, options).is_err()
+        {
             return Err(EmailError::Invalid);
         }
         Ok(Self(normalised))
@@ -114,5 +133,17 @@ mod tests {
         }
         assert_eq!(Email::parse("not-an-email"), Err(EmailError::Invalid));
         assert_eq!(Email::parse("a@@example.com"), Err(EmailError::Invalid));
+        for other_form in [
+            "Eve <bob@example.com>",
+            "\"bob\"@example.com",
+            "bob@[127.0.0.1]",
+            "bob@localhost",
+        ] {
+            assert_eq!(
+                Email::parse(other_form),
+                Err(EmailError::Invalid),
+                "{other_form}"
+            );
+        }
     }
 }

@@ -14,6 +14,7 @@ use super::Email;
 pub struct UserRegistered {
     /// The event id: the outbox row's `id` and the `ce_id` header.
     pub event_id: Uuid,
+    /// The new user's id (the aggregate id, and the Kafka key).
     pub user_id: Uuid,
     /// The normalised email.
     pub email: String,

@@ -12,10 +12,13 @@ pub const MAX_PASSWORD_BYTES: usize = 72;
 /// Why a string is not an acceptable password.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PasswordError {
+    /// NUL or another control character (Cc), anywhere.
     #[error("password must not contain NUL or control characters")]
     ControlCharacter,
+    /// Fewer than [`MIN_PASSWORD_CHARS`] characters after NFKC.
     #[error("password must be at least {MIN_PASSWORD_CHARS} characters")]
     TooShort,
+    /// Over [`MAX_PASSWORD_BYTES`] bytes after NFKC (never truncated).
     #[error("password must be at most {MAX_PASSWORD_BYTES} bytes in UTF-8")]
     TooLong,
 }

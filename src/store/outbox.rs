@@ -14,9 +14,13 @@ pub const CHANNEL: &str = "outbox";
 pub struct NewEvent<'a> {
     /// The event id (`ce_id` on the wire).
     pub id: Uuid,
+    /// Aggregate type (`user`); the relay picks the topic by it.
     pub aggregatetype: &'a str,
+    /// Aggregate id (the user id); the Kafka key.
     pub aggregateid: String,
+    /// Event type (`UserRegistered`), stored in the `type` column.
     pub event_type: &'a str,
+    /// The event as JSON.
     pub payload: serde_json::Value,
     /// When the event happened; becomes `created_at` and the `ce_time` header.
     pub occurred_at: chrono::DateTime<chrono::Utc>,

@@ -9,6 +9,7 @@ use super::StoreError;
 /// Why a session was revoked, stored in `revoke_reason`.
 #[derive(Debug, Clone, Copy)]
 pub enum RevokeReason {
+    /// The user logged out.
     Logout,
     /// A retired refresh token was presented after the grace window
     /// (RFC 9700 §4.14.2 reuse detection).
@@ -27,13 +28,21 @@ impl RevokeReason {
 /// A session row as the refresh logic needs it.
 #[derive(Debug, sqlx::FromRow)]
 pub struct Session {
+    /// Session id (the `sid` claim).
     pub id: Uuid,
+    /// Owner (the `sub` claim).
     pub user_id: Uuid,
+    /// jti of the one refresh token that may be rotated now.
     pub current_jti: Uuid,
+    /// iat of that token (whole seconds).
     pub current_issued_at: DateTime<Utc>,
+    /// jti retired by the latest rotation.
     pub previous_jti: Option<Uuid>,
+    /// When the latest rotation happened.
     pub rotated_at: Option<DateTime<Utc>>,
+    /// exp of the current refresh token.
     pub expires_at: DateTime<Utc>,
+    /// Set once the session is revoked (logout or reuse).
     pub revoked_at: Option<DateTime<Utc>>,
 }
 

@@ -35,11 +35,22 @@ pub async fn insert(
     Ok(inserted.rows_affected() == 1)
 }
 
-/// A user's id and password hash, for login.
-#[derive(Debug, sqlx::FromRow)]
+/// A user's id and password hash, for login. `Debug` leaves the hash out.
+#[derive(sqlx::FromRow)]
 pub struct Credentials {
+    /// The user id.
     pub id: Uuid,
+    /// The bcrypt hash (modular crypt format).
     pub password_hash: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("id", &self.id)
+            .field("password_hash", &"<redacted>")
+            .finish()
+    }
 }
 
 /// Finds the user with this normalised email.

@@ -72,3 +72,25 @@ async fn login_refuses_control_characters_and_never_starts_a_session_on_failure(
     assert_eq!(sessions, 0);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_bug_is_internal_with_no_details() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client.clone();
+    app.register("erin@example.com", "erin's password").await;
+    // Break the stored hash: bcrypt refuses it, which is our bug, not the
+    // caller's. The client learns nothing of it, least of all the hash.
+    sqlx::query("UPDATE users SET password_hash = '$2b$04$not-a-real-hash'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let status = expect_code(
+        client
+            .login(request("erin@example.com", "erin's password"))
+            .await,
+        Code::Internal,
+    );
+    assert_eq!(status.message(), "internal error");
+    assert!(status.details().is_empty());
+    app.stop().await;
+}

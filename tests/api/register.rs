@@ -199,6 +199,10 @@ async fn malformed_emails_are_invalid_argument() {
         "not-an-email",
         "a@@example.com",
         "@example.com",
+        "Eve <bob@example.com>",
+        "\"bob\"@example.com",
+        "bob@[127.0.0.1]",
+        "bob@localhost",
         &too_long,
     ] {
         let status = expect_code(

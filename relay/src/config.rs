@@ -97,6 +97,12 @@ pub struct RelayConfig {
     #[arg(long = "kafka-config", value_name = "KEY=VALUE", value_parser = parse_setting)]
     pub kafka_config: Vec<(String, String)>,
 
+    /// Address of the HTTP server with `/metrics` (Prometheus), `/healthz`
+    /// and `/readyz`; port 0 picks a free port (logged at start). Each relay
+    /// on one host needs its own.
+    #[arg(long, env = "RELAY_METRICS_ADDR", default_value = "127.0.0.1:9465")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+
     /// CloudEvents `ce_source` header value.
     #[arg(long, env = "RELAY_CE_SOURCE", default_value = "/realchat/auth")]
     pub ce_source: String,

@@ -13,7 +13,7 @@ use crate::RelayConfig;
 /// The librdkafka settings every client of the relay shares: the extra
 /// settings (`RELAY_KAFKA_*`, `--kafka-config`, e.g. SASL and TLS) first,
 /// then the bootstrap servers.
-fn client_config(config: &RelayConfig) -> ClientConfig {
+pub fn client_config(config: &RelayConfig) -> ClientConfig {
     let mut client = ClientConfig::new();
     for (key, value) in &config.kafka_config {
         client.set(key, value);

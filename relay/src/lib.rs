@@ -12,11 +12,13 @@
 
 pub mod config;
 mod kafka;
+pub mod observe;
 mod outbox;
 mod retention;
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -50,6 +52,15 @@ pub async fn run(config: RelayConfig, shutdown: impl Future<Output = ()>) -> any
         pool = connect_with_retry(&config.database_url, poll) => pool,
         () = &mut shutdown => return Ok(()),
     };
+    let health = Arc::new(observe::Health::default());
+    if let Some(addr) = config.metrics_addr {
+        let probe = kafka::client_config(&config)
+            .create()
+            .context("creating the broker probe")?;
+        observe::serve(addr, Arc::clone(&health), pool.clone(), probe)
+            .await
+            .with_context(|| format!("binding RELAY_METRICS_ADDR {addr}"))?;
+    }
     tokio::select! {
         () = wait_for_outbox(&pool, poll) => {}
         () = &mut shutdown => return Ok(()),
@@ -57,10 +68,12 @@ pub async fn run(config: RelayConfig, shutdown: impl Future<Output = ()>) -> any
 
     let mut topics = HashSet::new();
     'standby: loop {
+        health.set_role(observe::Role::Standby);
         let mut lock = tokio::select! {
             lock = acquire_lock(&config.database_url, poll) => lock,
             () = &mut shutdown => break 'standby,
         };
+        health.set_role(observe::Role::Active);
         tracing::info!("holding the relay lock; publishing");
         for aggregate in &config.aggregate_types {
             let topic = config.topic_for(aggregate);
@@ -75,6 +88,7 @@ pub async fn run(config: RelayConfig, shutdown: impl Future<Output = ()>) -> any
         let mut listener = listen(&pool).await;
         let mut backoff = poll;
         let mut next_cleanup = Instant::now();
+        let mut next_backlog = Instant::now();
         loop {
             if shutdown.as_mut().now_or_never().is_some() {
                 break 'standby;
@@ -88,6 +102,10 @@ pub async fn run(config: RelayConfig, shutdown: impl Future<Output = ()>) -> any
                 next_cleanup = Instant::now() + Duration::from_secs(config.cleanup_interval_secs);
             }
             let outcome = outbox::drain_batch(&pool, &producer, &config, &mut topics).await;
+            if Instant::now() >= next_backlog {
+                observe::update_backlog(&pool).await;
+                next_backlog = Instant::now() + Duration::from_secs(1);
+            }
             let wait = match outcome {
                 Ok(claimed) if claimed as i64 >= config.batch_size => {
                     backoff = poll;
@@ -123,6 +141,7 @@ pub async fn run(config: RelayConfig, shutdown: impl Future<Output = ()>) -> any
             }
         }
     }
+    health.set_role(observe::Role::Starting);
     tracing::info!("relay stopping");
     kafka::flush(&producer);
     pool.close().await;

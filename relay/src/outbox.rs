@@ -8,6 +8,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::observe::names;
 use crate::{RelayConfig, kafka};
 
 /// One unpublished outbox row.
@@ -52,6 +53,7 @@ pub async fn drain_batch(
     config: &RelayConfig,
     topics: &mut HashSet<String>,
 ) -> Result<usize, BatchError> {
+    let started = std::time::Instant::now();
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT id, aggregatetype, aggregateid, type, payload::text AS payload, created_at
          FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT $1",
@@ -121,6 +123,10 @@ pub async fn drain_batch(
             .await?;
     }
     tracing::debug!(claimed = rows.len(), published = acked.len(), "batch done");
+    metrics::counter!(names::PUBLISHED).increment(acked.len() as u64);
+    metrics::counter!(names::FAILURES).increment((rows.len() - acked.len()) as u64);
+    metrics::histogram!(names::BATCH_SIZE).record(rows.len() as f64);
+    metrics::histogram!(names::BATCH_DURATION).record(started.elapsed().as_secs_f64());
     match first_error {
         Some(first) => Err(BatchError::Undelivered {
             failed: rows.len() - acked.len(),

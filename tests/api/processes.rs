@@ -67,7 +67,8 @@ impl RelayProcess {
             .env("RELAY_TOPIC_PREFIX", prefix)
             .env("RELAY_POLL_INTERVAL_MS", "100")
             .env("RELAY_DELIVERY_TIMEOUT_MS", "3000")
-            .env("RELAY_MAX_BACKOFF_MS", "1000");
+            .env("RELAY_MAX_BACKOFF_MS", "1000")
+            .env("RELAY_METRICS_ADDR", "127.0.0.1:0");
         for (k, v) in env {
             command.env(k, v);
         }
@@ -100,6 +101,25 @@ impl RelayProcess {
             async move { found.then_some(()) }
         })
         .await;
+    }
+
+    /// The address its metrics server bound (from the `metrics listening`
+    /// log line).
+    pub async fn metrics_addr(&self) -> String {
+        self.wait_log("metrics listening", Duration::from_secs(30))
+            .await;
+        let logs = self.logs.lock().unwrap();
+        let line = logs
+            .iter()
+            .find(|l| l.contains("metrics listening"))
+            .unwrap();
+        line.split("addr=")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned()
     }
 
     /// SIGKILL: no chance to flush or mark.
@@ -250,4 +270,28 @@ pub async fn unpublished(pool: &PgPool) -> i64 {
         .fetch_one(pool)
         .await
         .unwrap()
+}
+
+/// `GET path` over HTTP/1.1 on `addr`; returns the status code and body.
+pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of an unlabelled metric in a Prometheus text exposition.
+pub fn metric(exposition: &str, name: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| {
+        let (metric, value) = line.split_once(' ')?;
+        (metric == name).then(|| value.trim().parse().ok())?
+    })
 }

@@ -18,6 +18,8 @@ fn relay_config(database_url: &str, topic_prefix: &str) -> RelayConfig {
     config.kafka_bootstrap_servers = bootstrap_servers();
     config.topic_prefix = topic_prefix.to_owned();
     config.poll_interval_ms = 200;
+    // In-process relays share the test process: no metrics server each.
+    config.metrics_addr = None;
     config
 }
 

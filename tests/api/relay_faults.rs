@@ -8,7 +8,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use crate::helpers::{TestApp, bootstrap_servers, eventually};
-use crate::processes::{Broker, RelayProcess, insert_events, unpublished};
+use crate::processes::{Broker, RelayProcess, http_get, insert_events, metric, unpublished};
 use crate::relay::{Event, collect, consumer, consumer_on};
 
 fn prefix() -> String {
@@ -320,5 +320,68 @@ async fn ten_thousand_rows_reach_the_topic_exactly_once() {
     assert_eq!(distinct_ids(&events), ids.into_iter().collect());
     assert_duplicates_and_per_key_order(&events);
     assert_eq!(relay.terminate().await, Some(0));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_and_health_show_roles_progress_and_a_lost_broker() {
+    let mut broker = Broker::start().await;
+    let app = TestApp::spawn().await;
+    let prefix = prefix();
+    let active = RelayProcess::start(&app.database_url, &broker.bootstrap(), &prefix, &[]);
+    active
+        .wait_log("holding the relay lock", Duration::from_secs(30))
+        .await;
+    let standby = RelayProcess::start(&app.database_url, &broker.bootstrap(), &prefix, &[]);
+    standby
+        .wait_log("standing by", Duration::from_secs(30))
+        .await;
+    let (active_addr, standby_addr) = (active.metrics_addr().await, standby.metrics_addr().await);
+
+    insert_events(&app.pool, 4, 20).await;
+    wait_all_published(&app, Duration::from_secs(30)).await;
+    let exposition = eventually(Duration::from_secs(10), "the gauges to catch up", || {
+        let addr = active_addr.clone();
+        async move {
+            let (status, body) = http_get(&addr, "/metrics").await;
+            assert_eq!(status, 200);
+            (metric(&body, "relay_outbox_unpublished_rows") == Some(0.0)).then_some(body)
+        }
+    })
+    .await;
+    assert_eq!(metric(&exposition, "relay_published_total"), Some(20.0));
+    assert_eq!(metric(&exposition, "relay_active"), Some(1.0));
+    assert_eq!(
+        metric(&exposition, "relay_outbox_oldest_unpublished_age_seconds"),
+        Some(0.0)
+    );
+    assert!(exposition.contains("relay_batch_size_bucket"));
+    assert!(exposition.contains("relay_batch_duration_seconds_bucket"));
+    let (_, standby_metrics) = http_get(&standby_addr, "/metrics").await;
+    assert_eq!(metric(&standby_metrics, "relay_active"), Some(0.0));
+
+    assert_eq!(http_get(&active_addr, "/healthz").await.0, 200);
+    let (status, body) = http_get(&active_addr, "/readyz").await;
+    assert_eq!(
+        (status, body.trim()),
+        (200, "role=Active database=true broker=true")
+    );
+    let (status, body) = http_get(&standby_addr, "/readyz").await;
+    assert_eq!(status, 200, "a healthy standby is ready: {body}");
+
+    broker.stop().await;
+    let (status, body) = http_get(&active_addr, "/readyz").await;
+    assert_eq!(
+        (status, body.trim()),
+        (503, "role=Active database=true broker=false")
+    );
+    assert_eq!(
+        http_get(&active_addr, "/healthz").await.0,
+        200,
+        "alive all the same"
+    );
+    broker.resume().await;
+    assert_eq!(standby.terminate().await, Some(0));
+    assert_eq!(active.terminate().await, Some(0));
     app.stop().await;
 }

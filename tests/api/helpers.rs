@@ -150,6 +150,24 @@ impl TestApp {
             .into_inner()
     }
 
+    /// Outbox rows not yet marked published.
+    pub async fn unpublished(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// Waits until every outbox row is marked published.
+    pub async fn wait_all_published(&self, within: Duration) {
+        eventually(
+            within,
+            "every outbox row to be marked published",
+            || async { (self.unpublished().await == 0).then_some(()) },
+        )
+        .await;
+    }
+
     /// Stops the server gracefully and waits for it.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {

@@ -264,14 +264,6 @@ pub async fn insert_events(pool: &PgPool, keys: i64, count: i64) -> Vec<Uuid> {
     .unwrap()
 }
 
-/// Rows still unpublished.
-pub async fn unpublished(pool: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-        .fetch_one(pool)
-        .await
-        .unwrap()
-}
-
 /// `GET path` over HTTP/1.1 on `addr`; returns the status code and body.
 pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -113,21 +113,7 @@ async fn registered_user_reaches_kafka_with_key_and_cloudevents_headers() {
     assert_eq!(payload["user_id"], user_id.to_string());
     assert_eq!(payload["email"], "grace@example.com");
 
-    eventually(
-        Duration::from_secs(10),
-        "the row to be marked published",
-        || {
-            let pool = app.pool.clone();
-            async move {
-                sqlx::query_scalar::<_, bool>("SELECT published_at IS NOT NULL FROM outbox")
-                    .fetch_one(&pool)
-                    .await
-                    .ok()
-                    .filter(|published| *published)
-            }
-        },
-    )
-    .await;
+    app.wait_all_published(Duration::from_secs(10)).await;
 
     stop_relay.send(()).unwrap();
     relay.await.unwrap().expect("relay exits cleanly");
@@ -173,12 +159,7 @@ async fn an_idle_relay_wakes_on_notify_and_publishes_every_registration() {
 
     stop_relay.send(()).unwrap();
     relay.await.unwrap().expect("relay exits cleanly");
-    let unpublished: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-    assert_eq!(unpublished, 0);
+    assert_eq!(app.unpublished().await, 0);
     app.stop().await;
 }
 

@@ -8,20 +8,11 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use crate::helpers::{TestApp, bootstrap_servers, eventually};
-use crate::processes::{Broker, RelayProcess, http_get, insert_events, metric, unpublished};
+use crate::processes::{Broker, RelayProcess, http_get, insert_events, metric};
 use crate::relay::{Event, collect, consumer, consumer_on};
 
 fn prefix() -> String {
     format!("rc-test-{}.", Uuid::new_v4().simple())
-}
-
-async fn wait_all_published(app: &TestApp, within: Duration) {
-    let pool = app.pool.clone();
-    eventually(within, "every outbox row to be marked published", || {
-        let pool = pool.clone();
-        async move { (unpublished(&pool).await == 0).then_some(()) }
-    })
-    .await;
 }
 
 fn distinct_ids(events: &[Event]) -> HashSet<Uuid> {
@@ -58,7 +49,7 @@ async fn broker_down_rows_wait_unmarked_and_all_arrive_when_it_returns() {
     let topic = format!("{prefix}user");
     let relay = RelayProcess::start(&app.database_url, &broker.bootstrap(), &prefix, &[]);
     let first = app.register("before@example.com", "a good password").await;
-    wait_all_published(&app, Duration::from_secs(30)).await;
+    app.wait_all_published(Duration::from_secs(30)).await;
 
     broker.stop().await;
     let mut users = HashSet::from([first.to_string()]);
@@ -73,10 +64,10 @@ async fn broker_down_rows_wait_unmarked_and_all_arrive_when_it_returns() {
         .wait_log("batch failed", Duration::from_secs(30))
         .await;
     // ... and marked nothing.
-    assert_eq!(unpublished(&app.pool).await, 5);
+    assert_eq!(app.unpublished().await, 5);
 
     broker.resume().await;
-    wait_all_published(&app, Duration::from_secs(60)).await;
+    app.wait_all_published(Duration::from_secs(60)).await;
     let consumer = consumer_on(&broker.bootstrap(), &topic).await;
     let events = collect(&consumer, Duration::from_secs(30), |events| {
         events.iter().map(|e| e.key.clone()).collect::<HashSet<_>>() == users
@@ -111,7 +102,7 @@ async fn a_row_committed_after_later_rows_is_still_published() {
     .unwrap();
     // ... while later rows commit and are published past it.
     app.register("early@example.com", "a good password").await;
-    wait_all_published(&app, Duration::from_secs(30)).await;
+    app.wait_all_published(Duration::from_secs(30)).await;
     let (late_seq, max_seq): (i64, i64) = sqlx::query_as(
         "SELECT (SELECT seq FROM outbox WHERE id = $1), (SELECT max(seq) FROM outbox)",
     )
@@ -125,7 +116,7 @@ async fn a_row_committed_after_later_rows_is_still_published() {
     );
 
     late.commit().await.unwrap();
-    wait_all_published(&app, Duration::from_secs(30)).await;
+    app.wait_all_published(Duration::from_secs(30)).await;
     let consumer = consumer(&topic).await;
     collect(&consumer, Duration::from_secs(30), |events| {
         events.iter().any(|e| e.ce_id == late_id)
@@ -146,24 +137,20 @@ async fn sigkill_mid_batch_then_restart_loses_nothing_and_keeps_per_key_order() 
     let relay = RelayProcess::start(&app.database_url, &bootstrap_servers(), &prefix, &env);
     // Kill it once some rows are marked and some are not: it is between
     // claiming and marking a batch, or about to claim the next.
-    let pool = app.pool.clone();
     eventually(
         Duration::from_secs(60),
         "the relay to be part-way through",
-        || {
-            let pool = pool.clone();
-            async move {
-                let left = unpublished(&pool).await;
-                (left > 0 && left < total).then_some(())
-            }
+        || async {
+            let left = app.unpublished().await;
+            (left > 0 && left < total).then_some(())
         },
     )
     .await;
     relay.kill().await;
-    assert!(unpublished(&app.pool).await > 0, "killed before the end");
+    assert!(app.unpublished().await > 0, "killed before the end");
 
     let relay = RelayProcess::start(&app.database_url, &bootstrap_servers(), &prefix, &env);
-    wait_all_published(&app, Duration::from_secs(120)).await;
+    app.wait_all_published(Duration::from_secs(120)).await;
     let consumer = consumer_on(&bootstrap_servers(), &topic).await;
     let wanted: HashSet<Uuid> = ids.into_iter().collect();
     let events = collect(&consumer, Duration::from_secs(120), |events| {
@@ -192,13 +179,13 @@ async fn the_standby_takes_over_when_the_active_relay_is_killed() {
         .await;
 
     let mut ids = insert_events(&app.pool, 5, 200).await;
-    wait_all_published(&app, Duration::from_secs(30)).await;
+    app.wait_all_published(Duration::from_secs(30)).await;
     active.kill().await;
     ids.extend(insert_events(&app.pool, 5, 200).await);
     standby
         .wait_log("holding the relay lock", Duration::from_secs(30))
         .await;
-    wait_all_published(&app, Duration::from_secs(30)).await;
+    app.wait_all_published(Duration::from_secs(30)).await;
 
     let consumer = consumer(&topic).await;
     let wanted: HashSet<Uuid> = ids.into_iter().collect();
@@ -310,7 +297,7 @@ async fn ten_thousand_rows_reach_the_topic_exactly_once() {
     let topic = format!("{prefix}user");
     let ids = insert_events(&app.pool, 100, 10_000).await;
     let relay = RelayProcess::start(&app.database_url, &bootstrap_servers(), &prefix, &[]);
-    wait_all_published(&app, Duration::from_secs(180)).await;
+    app.wait_all_published(Duration::from_secs(180)).await;
     let consumer = consumer(&topic).await;
     let events = collect(&consumer, Duration::from_secs(120), |events| {
         events.len() >= ids.len()
@@ -339,7 +326,7 @@ async fn metrics_and_health_show_roles_progress_and_a_lost_broker() {
     let (active_addr, standby_addr) = (active.metrics_addr().await, standby.metrics_addr().await);
 
     insert_events(&app.pool, 4, 20).await;
-    wait_all_published(&app, Duration::from_secs(30)).await;
+    app.wait_all_published(Duration::from_secs(30)).await;
     let exposition = eventually(Duration::from_secs(10), "the gauges to catch up", || {
         let addr = active_addr.clone();
         async move {

@@ -32,6 +32,12 @@ pub struct RelayConfig {
     #[arg(long, env = "RELAY_TOPIC_PREFIX", default_value = "realchat.auth.")]
     pub topic_prefix: String,
 
+    /// Topic of an aggregate type, overriding the prefix rule: AGGREGATE=TOPIC,
+    /// comma-separated or repeated (e.g. `user=users.v1`).
+    #[arg(long = "topic", env = "RELAY_TOPICS", value_name = "AGGREGATE=TOPIC",
+          value_delimiter = ',', value_parser = parse_setting)]
+    pub topics: Vec<(String, String)>,
+
     /// Aggregate types whose topics are created at start when absent; other
     /// aggregate types get their topic when their first row is claimed.
     #[arg(
@@ -109,9 +115,16 @@ pub struct RelayConfig {
 }
 
 impl RelayConfig {
-    /// The topic of an aggregate type: `<topic_prefix><aggregatetype>`.
+    /// The topic of an aggregate type: its entry in `RELAY_TOPICS`, else
+    /// `<topic_prefix><aggregatetype>`.
     pub fn topic_for(&self, aggregatetype: &str) -> String {
-        format!("{}{aggregatetype}", self.topic_prefix)
+        self.topics
+            .iter()
+            .find(|(aggregate, _)| aggregate == aggregatetype)
+            .map_or_else(
+                || format!("{}{aggregatetype}", self.topic_prefix),
+                |(_, t)| t.clone(),
+            )
     }
 }
 
@@ -135,6 +148,12 @@ mod tests {
         assert_eq!(config.kafka_bootstrap_servers, "127.0.0.1:9092");
         assert_eq!(config.topic_partitions, 3);
         assert_eq!(config.retention_secs, 7 * 24 * 3600);
+        let mapped =
+            RelayConfig::try_parse_from(["realchat-relay", "--topic", "user=users.v1,order=o"])
+                .unwrap();
+        assert_eq!(mapped.topic_for("user"), "users.v1");
+        assert_eq!(mapped.topic_for("order"), "o");
+        assert_eq!(mapped.topic_for("other"), "realchat.auth.other");
     }
 
     #[test]

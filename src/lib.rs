@@ -21,4 +21,8 @@ pub mod token;
 #[allow(clippy::all, missing_docs)]
 pub mod proto {
     tonic::include_proto!("realchat.auth.v1");
+
+    /// The encoded `FileDescriptorSet` of the contract, served by gRPC
+    /// server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("auth_descriptor");
 }

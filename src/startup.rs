@@ -1,5 +1,7 @@
 //! Builds the application from a [`Config`]: database pool and migrations,
-//! hasher, signing key, and the gRPC server bound to its port.
+//! hasher, signing key, and the gRPC server bound to its port, with gRPC
+//! health checking (`grpc.health.v1`, SERVING only while PostgreSQL answers)
+//! and server reflection (`grpc.reflection.v1`) beside `AuthApi`.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -109,15 +111,56 @@ impl Application {
     /// A transport failure of the server.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let addr = self.local_addr()?;
+        let (reporter, health) = tonic_health::server::health_reporter();
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("building the reflection service")?;
+        let watcher = tokio::spawn(watch_database(self.pool.clone(), reporter));
         tracing::info!(%addr, "gRPC server listening");
-        tonic::transport::Server::builder()
+        let served = tonic::transport::Server::builder()
+            .add_service(health)
+            .add_service(reflection)
             .add_service(
                 AuthApiServer::new(GrpcApi::new(self.service))
                     .max_decoding_message_size(MAX_REQUEST_BYTES),
             )
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
-            .await?;
+            .await;
+        watcher.abort();
         self.pool.close().await;
-        Ok(())
+        Ok(served?)
+    }
+}
+
+/// How often the health watcher pings PostgreSQL.
+const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Keeps the gRPC health status of the server (`""`) and of `AuthApi` at
+/// SERVING while `SELECT 1` answers within a second, NOT_SERVING otherwise.
+async fn watch_database(pool: PgPool, reporter: tonic_health::server::HealthReporter) {
+    use tonic::server::NamedService as _;
+    use tonic_health::ServingStatus;
+    let mut last = None;
+    loop {
+        let ping = tokio::time::timeout(
+            Duration::from_secs(1),
+            sqlx::query("SELECT 1").execute(&pool),
+        )
+        .await;
+        let status = if matches!(ping, Ok(Ok(_))) {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        if last != Some(status) {
+            tracing::info!(?status, "health status");
+            for service in ["", AuthApiServer::<GrpcApi>::NAME] {
+                reporter.set_service_status(service, status).await;
+            }
+            last = Some(status);
+        }
+        tokio::time::sleep(HEALTH_PROBE_INTERVAL).await;
     }
 }

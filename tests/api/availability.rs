@@ -2,6 +2,9 @@ use std::time::Duration;
 
 use realchat_auth::proto::{LoginRequest, RegisterRequest};
 use tonic::Code;
+use tonic_health::ServingStatus;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
 
 use crate::expect_code;
 use crate::helpers::{DbProxy, TestApp, create_database, eventually, test_config};
@@ -13,6 +16,34 @@ fn register(email: &str) -> RegisterRequest {
     }
 }
 
+/// Waits until the server reports `want` for `AuthApi` over grpc.health.v1.
+async fn wait_health(app: &TestApp, want: ServingStatus) {
+    let mut health = HealthClient::new(app.channel().await);
+    eventually(Duration::from_secs(15), &format!("health {want:?}"), || {
+        let mut health = health.clone();
+        async move {
+            let status = health
+                .check(HealthCheckRequest {
+                    service: "realchat.auth.v1.AuthApi".into(),
+                })
+                .await
+                .ok()?
+                .into_inner()
+                .status;
+            (status == want as i32).then_some(())
+        }
+    })
+    .await;
+    // The whole server ("") says the same.
+    let overall = health
+        .check(HealthCheckRequest { service: "".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(overall, want as i32);
+}
+
 #[tokio::test]
 async fn database_down_is_unavailable_and_recovers() {
     let database_url = create_database().await;
@@ -22,8 +53,10 @@ async fn database_down_is_unavailable_and_recovers() {
     let app = TestApp::start(config, database_url).await;
     let mut client = app.client.clone();
     client.register(register("up@example.com")).await.unwrap();
+    wait_health(&app, ServingStatus::Serving).await;
 
     proxy.take_down().await;
+    wait_health(&app, ServingStatus::NotServing).await;
     let status = expect_code(
         client.register(register("down@example.com")).await,
         Code::Unavailable,
@@ -40,6 +73,7 @@ async fn database_down_is_unavailable_and_recovers() {
     );
 
     proxy.bring_back().await;
+    wait_health(&app, ServingStatus::Serving).await;
     eventually(Duration::from_secs(15), "the database to come back", || {
         let mut client = client.clone();
         async move { client.register(register("back@example.com")).await.ok() }
@@ -50,5 +84,38 @@ async fn database_down_is_unavailable_and_recovers() {
         .await
         .unwrap();
     assert_eq!(users, 2, "nothing written while down, nothing lost after");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn reflection_lists_the_services() {
+    use futures::StreamExt as _;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let app = TestApp::spawn().await;
+    let mut reflection = ServerReflectionClient::new(app.channel().await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection
+        .server_reflection_info(futures::stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.next().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection response: {response:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for service in ["realchat.auth.v1.AuthApi", "grpc.health.v1.Health"] {
+        assert!(
+            names.iter().any(|n| n == service),
+            "{service} missing from {names:?}"
+        );
+    }
     app.stop().await;
 }

@@ -114,9 +114,16 @@ impl TestApp {
 
     /// A fresh client (its own HTTP/2 connection) to the server.
     pub async fn new_client(&self) -> AuthApiClient<Channel> {
-        AuthApiClient::connect(format!("http://{}", self.addr))
+        AuthApiClient::new(self.channel().await)
+    }
+
+    /// A fresh HTTP/2 connection to the server, for any gRPC client.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
             .await
-            .expect("connect gRPC client")
+            .expect("connect to the gRPC server")
     }
 
     /// Registers `email` with `password`; panics unless it succeeds.

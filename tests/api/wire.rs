@@ -5,7 +5,6 @@ use bytes::{Buf, BufMut};
 use realchat_auth::proto::RegisterRequest;
 use tonic::Code;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tonic::transport::Channel;
 
 use crate::helpers::TestApp;
 use crate::{expect_code, violated_fields};
@@ -49,12 +48,7 @@ impl Decoder for IgnoreDecoder {
 }
 
 async fn send_raw(app: &TestApp, body: Vec<u8>) -> Result<(), tonic::Status> {
-    let channel = Channel::from_shared(format!("http://{}", app.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut grpc = tonic::client::Grpc::new(channel);
+    let mut grpc = tonic::client::Grpc::new(app.channel().await);
     grpc.ready().await.unwrap();
     let path = http::uri::PathAndQuery::from_static("/realchat.auth.v1.AuthApi/Register");
     grpc.unary(tonic::Request::new(body), path, RawCodec)

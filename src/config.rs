@@ -9,6 +9,10 @@ use std::path::PathBuf;
 #[derive(Clone, clap::Parser)]
 #[command(name = "realchat-auth", version, about = "RealChat Auth gRPC server")]
 pub struct Config {
+    /// What to do; without a subcommand, serve.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// PostgreSQL connection URL.
     #[arg(
         long,
@@ -81,10 +85,29 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=300))]
     pub db_acquire_timeout_secs: u64,
 
+    /// Apply pending migrations at start-up; turn off where deployments run
+    /// `realchat-auth migrate` as a separate step.
+    #[arg(long, env = "AUTH_MIGRATE_ON_START", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub migrate_on_start: bool,
+
+    /// Seconds in-flight requests get to finish after SIGTERM or SIGINT
+    /// before the server stops anyway (1..=3600).
+    #[arg(long, env = "AUTH_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub shutdown_timeout_secs: u64,
+
     /// Log format: `text` (human-readable) or `json`.
     #[arg(long, env = "AUTH_LOG_FORMAT", default_value = "text",
           value_parser = ["text", "json"])]
     pub log_format: String,
+}
+
+/// Subcommands of `realchat-auth`.
+#[derive(Clone, Debug, clap::Subcommand)]
+pub enum Command {
+    /// Apply the database migrations and exit.
+    Migrate,
 }
 
 #[cfg(test)]

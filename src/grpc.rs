@@ -1,10 +1,13 @@
 //! The gRPC adapter: proto messages in, domain calls, proto messages out, and
 //! the ONE mapping from [`ServiceError`] to `tonic::Status`.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
+use tracing::Instrument as _;
 
 use crate::proto::auth_api_server::AuthApi;
 use crate::proto::{
@@ -33,70 +36,98 @@ impl AuthApi for GrpcApi {
         &self,
         request: Request<RegisterRequest>,
     ) -> Result<Response<RegisterResponse>, Status> {
-        let RegisterRequest { email, password } = request.into_inner();
-        let user_id = self
-            .service
-            .register(&email, &password)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(RegisterResponse {
-            user_id: user_id.to_string(),
-        }))
+        observed("Register", async {
+            let RegisterRequest { email, password } = request.into_inner();
+            let user_id = self.service.register(&email, &password).await?;
+            Ok(RegisterResponse {
+                user_id: user_id.to_string(),
+            })
+        })
+        .await
     }
 
     async fn login(
         &self,
         request: Request<LoginRequest>,
     ) -> Result<Response<LoginResponse>, Status> {
-        let LoginRequest { email, password } = request.into_inner();
-        let pair = self
-            .service
-            .login(&email, &password)
-            .await
-            .map_err(to_status)?;
-        let TokenPair {
-            access_token,
-            refresh_token,
-            access_expires_in,
-            refresh_expires_in,
-        } = pair;
-        Ok(Response::new(LoginResponse {
-            access_token,
-            refresh_token,
-            token_type: TOKEN_TYPE.into(),
-            expires_in: access_expires_in,
-            refresh_expires_in,
-        }))
+        observed("Login", async {
+            let LoginRequest { email, password } = request.into_inner();
+            let TokenPair {
+                access_token,
+                refresh_token,
+                access_expires_in,
+                refresh_expires_in,
+            } = self.service.login(&email, &password).await?;
+            Ok(LoginResponse {
+                access_token,
+                refresh_token,
+                token_type: TOKEN_TYPE.into(),
+                expires_in: access_expires_in,
+                refresh_expires_in,
+            })
+        })
+        .await
     }
 
     async fn refresh(
         &self,
         request: Request<RefreshRequest>,
     ) -> Result<Response<RefreshResponse>, Status> {
-        let pair = self
-            .service
-            .refresh(&request.into_inner().refresh_token)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(RefreshResponse {
-            access_token: pair.access_token,
-            refresh_token: pair.refresh_token,
-            token_type: TOKEN_TYPE.into(),
-            expires_in: pair.access_expires_in,
-            refresh_expires_in: pair.refresh_expires_in,
-        }))
+        observed("Refresh", async {
+            let pair = self
+                .service
+                .refresh(&request.into_inner().refresh_token)
+                .await?;
+            Ok(RefreshResponse {
+                access_token: pair.access_token,
+                refresh_token: pair.refresh_token,
+                token_type: TOKEN_TYPE.into(),
+                expires_in: pair.access_expires_in,
+                refresh_expires_in: pair.refresh_expires_in,
+            })
+        })
+        .await
     }
 
     async fn logout(
         &self,
         request: Request<LogoutRequest>,
     ) -> Result<Response<LogoutResponse>, Status> {
-        self.service
-            .logout(&request.into_inner().refresh_token)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(LogoutResponse {}))
+        observed("Logout", async {
+            self.service
+                .logout(&request.into_inner().refresh_token)
+                .await?;
+            Ok(LogoutResponse {})
+        })
+        .await
     }
+}
+
+/// Runs one RPC inside a `request` span carrying its method, maps its error
+/// to a status (logging internals there, inside the span), logs its end with
+/// the gRPC code and duration, and records the request metrics
+/// (`auth_requests_total{method,code}`, `auth_request_duration_seconds{method}`).
+/// Requests and responses are never logged: they hold passwords and tokens.
+async fn observed<T>(
+    method: &'static str,
+    call: impl Future<Output = Result<T, ServiceError>>,
+) -> Result<Response<T>, Status> {
+    let span = tracing::info_span!("request", method);
+    async move {
+        let started = Instant::now();
+        tracing::debug!("request started");
+        let result = call.await.map(Response::new).map_err(to_status);
+        let elapsed = started.elapsed();
+        let code = result.as_ref().err().map_or(Code::Ok, Status::code);
+        tracing::info!(code = ?code, duration_ms = elapsed.as_secs_f64() * 1e3, "request finished");
+        metrics::counter!("auth_requests_total", "method" => method, "code" => format!("{code:?}"))
+            .increment(1);
+        metrics::histogram!("auth_request_duration_seconds", "method" => method)
+            .record(elapsed.as_secs_f64());
+        result
+    }
+    .instrument(span)
+    .await
 }
 
 /// Maps a [`ServiceError`] to the status clients see. Internal details are

@@ -1,13 +1,18 @@
 //! `realchat-auth`: the gRPC server. Thin: config, tracing, run.
 
 use clap::Parser as _;
-use realchat_auth::config::Config;
-use realchat_auth::startup::Application;
+use realchat_auth::config::{Command, Config};
+use realchat_auth::startup::{Application, migrate};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     init_tracing(&config.log_format);
+    if let Some(Command::Migrate) = config.command {
+        migrate(&config).await?;
+        tracing::info!("migrations applied");
+        return Ok(());
+    }
     let app = Application::build(&config).await?;
     app.run_until(shutdown_signal()).await?;
     tracing::info!("server stopped");

@@ -31,6 +31,28 @@ pub struct Application {
     listener: TcpListener,
     service: Arc<AuthService>,
     pool: PgPool,
+    shutdown_timeout: Duration,
+}
+
+/// Applies the migrations of `migrations/` to `DATABASE_URL` and returns
+/// (`realchat-auth migrate`).
+///
+/// # Errors
+/// When the database cannot be reached or a migration fails.
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let pool = store::connect(
+        &config.database_url,
+        1,
+        Duration::from_secs(config.db_acquire_timeout_secs),
+    )
+    .await
+    .context("connecting to DATABASE_URL")?;
+    store::MIGRATOR
+        .run(&pool)
+        .await
+        .context("applying database migrations")?;
+    pool.close().await;
+    Ok(())
 }
 
 impl Application {
@@ -60,10 +82,12 @@ impl Application {
         )
         .await
         .context("connecting to DATABASE_URL")?;
-        store::MIGRATOR
-            .run(&pool)
-            .await
-            .context("applying database migrations")?;
+        if config.migrate_on_start {
+            store::MIGRATOR
+                .run(&pool)
+                .await
+                .context("applying database migrations")?;
+        }
         let tokens = TokenService::new(
             key,
             TokenSettings {
@@ -93,6 +117,7 @@ impl Application {
             listener,
             service,
             pool,
+            shutdown_timeout: Duration::from_secs(config.shutdown_timeout_secs),
         })
     }
 
@@ -105,7 +130,8 @@ impl Application {
     }
 
     /// Serves gRPC until `shutdown` completes, then stops accepting, lets
-    /// in-flight requests finish and closes the database pool.
+    /// in-flight requests finish (for at most `AUTH_SHUTDOWN_TIMEOUT_SECS`;
+    /// past it they are dropped) and closes the database pool.
     ///
     /// # Errors
     /// A transport failure of the server.
@@ -119,15 +145,33 @@ impl Application {
             .context("building the reflection service")?;
         let watcher = tokio::spawn(watch_database(self.pool.clone(), reporter));
         tracing::info!(%addr, "gRPC server listening");
-        let served = tonic::transport::Server::builder()
+        let (signalled, on_signal) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = async move {
+            shutdown.await;
+            let _ = signalled.send(());
+        };
+        let deadline = async move {
+            if on_signal.await.is_ok() {
+                tokio::time::sleep(self.shutdown_timeout).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        let serve = tonic::transport::Server::builder()
             .add_service(health)
             .add_service(reflection)
             .add_service(
                 AuthApiServer::new(GrpcApi::new(self.service))
                     .max_decoding_message_size(MAX_REQUEST_BYTES),
             )
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
-            .await;
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown);
+        let served = tokio::select! {
+            served = serve => served,
+            () = deadline => {
+                tracing::warn!("shutdown deadline passed; dropping in-flight requests");
+                Ok(())
+            }
+        };
         watcher.abort();
         self.pool.close().await;
         Ok(served?)

@@ -9,6 +9,7 @@ mod processes;
 mod register;
 mod relay;
 mod relay_faults;
+mod server_process;
 mod tokens;
 mod wire;
 

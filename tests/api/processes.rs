@@ -35,33 +35,45 @@ fn relay_bin() -> PathBuf {
     path
 }
 
-/// A running `realchat-relay` process with its captured log lines, printed
-/// when the test fails (panics) so the failure shows what the relay did.
-pub struct RelayProcess {
+/// A running process of ours (the relay or the server) with its captured
+/// log lines, printed when the test fails (panics) so the failure shows what
+/// the process did.
+pub struct Process {
     child: Child,
     logs: Arc<Mutex<Vec<String>>>,
 }
 
-impl Drop for RelayProcess {
+/// The relay process.
+pub type RelayProcess = Process;
+
+impl Drop for Process {
     fn drop(&mut self) {
         if std::thread::panicking() {
             for line in self.logs.lock().unwrap().iter() {
-                eprintln!("relay: {line}");
+                eprintln!("process: {line}");
             }
         }
     }
 }
 
-impl RelayProcess {
+/// A command for one of our binaries with a clean environment: only PATH,
+/// `RUST_LOG=info` and `NO_COLOR=1` are inherited or set.
+pub fn command(bin: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut command = Command::new(bin);
+    command
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1");
+    command
+}
+
+impl Process {
     /// Starts the relay with `env` on top of a fast test setting: 100 ms
     /// poll, 3 s delivery timeout, 1 s backoff cap.
     pub fn start(database_url: &str, bootstrap: &str, prefix: &str, env: &[(&str, &str)]) -> Self {
-        let mut command = Command::new(relay_bin());
+        let mut command = command(relay_bin());
         command
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
             .env("DATABASE_URL", database_url)
             .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
             .env("RELAY_TOPIC_PREFIX", prefix)
@@ -72,12 +84,17 @@ impl RelayProcess {
         for (k, v) in env {
             command.env(k, v);
         }
+        Self::spawn(command)
+    }
+
+    /// Spawns `command` and captures its stdout and stderr lines.
+    pub fn spawn(mut command: Command) -> Self {
         let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .expect("start realchat-relay");
+            .expect("start the process");
         let logs = Arc::new(Mutex::new(Vec::new()));
         for stream in [
             Box::new(child.stdout.take().unwrap()) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
@@ -94,25 +111,38 @@ impl RelayProcess {
         Self { child, logs }
     }
 
-    /// Waits until a log line contains `needle`.
-    pub async fn wait_log(&self, needle: &str, within: Duration) {
-        eventually(within, &format!("relay log line {needle:?}"), || {
-            let found = self.logs.lock().unwrap().iter().any(|l| l.contains(needle));
-            async move { found.then_some(()) }
+    /// Waits until a log line contains `needle`; returns that line.
+    pub async fn wait_log(&self, needle: &str, within: Duration) -> String {
+        self.wait_log_after(0, needle, within).await
+    }
+
+    /// Waits until a log line after the first `skip` contains `needle`.
+    pub async fn wait_log_after(&self, skip: usize, needle: &str, within: Duration) -> String {
+        eventually(within, &format!("log line {needle:?}"), || {
+            let found = self
+                .logs
+                .lock()
+                .unwrap()
+                .iter()
+                .skip(skip)
+                .find(|l| l.contains(needle))
+                .cloned();
+            async move { found }
         })
-        .await;
+        .await
+    }
+
+    /// Every log line so far.
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
     }
 
     /// The address its metrics server bound (from the `metrics listening`
     /// log line).
     pub async fn metrics_addr(&self) -> String {
-        self.wait_log("metrics listening", Duration::from_secs(30))
+        let line = self
+            .wait_log("metrics listening", Duration::from_secs(30))
             .await;
-        let logs = self.logs.lock().unwrap();
-        let line = logs
-            .iter()
-            .find(|l| l.contains("metrics listening"))
-            .unwrap();
         line.split("addr=")
             .nth(1)
             .unwrap()
@@ -128,13 +158,23 @@ impl RelayProcess {
     }
 
     /// SIGTERM, then waits for the exit; returns the exit code.
-    pub async fn terminate(mut self) -> Option<i32> {
+    pub async fn terminate(self) -> Option<i32> {
+        self.signal("-TERM");
+        self.wait().await
+    }
+
+    /// Sends a signal (`-TERM`, `-INT`) without waiting.
+    pub fn signal(&self, signal: &str) {
         let pid = self.child.id().unwrap().to_string();
         let sent = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
+            .args([signal, &pid])
             .status()
             .unwrap();
         assert!(sent.success());
+    }
+
+    /// Waits for the exit; returns the exit code.
+    pub async fn wait(mut self) -> Option<i32> {
         let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
             .await
             .expect("relay exits within 60 s of SIGTERM")

@@ -1,0 +1,152 @@
+//! The real `realchat-auth` binary: the migrate subcommand, start-up without
+//! migrations, JSON logs free of secrets, and graceful shutdown.
+
+use std::time::Duration;
+
+use realchat_auth::proto::auth_api_client::AuthApiClient;
+use realchat_auth::proto::{LoginRequest, LogoutRequest, RefreshRequest, RegisterRequest};
+
+use crate::helpers::create_database;
+use crate::processes::{Process, command};
+
+fn server(database_url: &str, env: &[(&str, &str)]) -> Process {
+    let mut command = command(env!("CARGO_BIN_EXE_realchat-auth"));
+    command
+        .env("DATABASE_URL", database_url)
+        .env("AUTH_GRPC_ADDR", "127.0.0.1:0")
+        .env("AUTH_LOG_FORMAT", "json")
+        // Everything, every library: no log line of any level may hold a secret.
+        .env("RUST_LOG", "debug");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    Process::spawn(command)
+}
+
+/// The gRPC address from the JSON `gRPC server listening` line.
+async fn grpc_url(server: &Process) -> String {
+    let line = server
+        .wait_log("gRPC server listening", Duration::from_secs(60))
+        .await;
+    let json: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+    format!("http://{}", json["fields"]["addr"].as_str().unwrap())
+}
+
+#[tokio::test]
+async fn migrate_then_serve_with_json_logs_free_of_secrets_and_stop_gracefully() {
+    let database_url = create_database().await;
+    let migrate = Process::spawn({
+        let mut c = command(env!("CARGO_BIN_EXE_realchat-auth"));
+        c.arg("migrate").env("DATABASE_URL", &database_url);
+        c
+    });
+    assert_eq!(
+        migrate.wait().await,
+        Some(0),
+        "realchat-auth migrate exits 0"
+    );
+
+    // Migrations already applied: start without them.
+    // bcrypt cost 13 (about half a second a hash): slow enough that a request
+    // is surely in flight when SIGTERM comes.
+    let server = server(
+        &database_url,
+        &[
+            ("AUTH_MIGRATE_ON_START", "false"),
+            ("AUTH_BCRYPT_COST", "13"),
+        ],
+    );
+    let mut client = AuthApiClient::connect(grpc_url(&server).await)
+        .await
+        .unwrap();
+    let (email, password) = ("logs@example.com", "a very secret password");
+    client
+        .register(RegisterRequest {
+            email: email.into(),
+            password: password.into(),
+        })
+        .await
+        .unwrap();
+    let login = client
+        .login(LoginRequest {
+            email: email.into(),
+            password: password.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let refreshed = client
+        .refresh(RefreshRequest {
+            refresh_token: login.refresh_token.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    client
+        .logout(LogoutRequest {
+            refresh_token: refreshed.refresh_token.clone(),
+        })
+        .await
+        .unwrap();
+    // Refused tokens are logged with their reason, never themselves.
+    client
+        .refresh(RefreshRequest {
+            refresh_token: refreshed.refresh_token.clone(),
+        })
+        .await
+        .unwrap_err();
+    let pool = sqlx::PgPool::connect(&database_url).await.unwrap();
+    let hash: String = sqlx::query_scalar("SELECT password_hash FROM users")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+
+    // A slow request in flight when SIGTERM arrives still completes.
+    let before = server.logs().len();
+    let in_flight = tokio::spawn({
+        let mut client = client.clone();
+        async move {
+            client
+                .register(RegisterRequest {
+                    email: "late@example.com".into(),
+                    password: "x".repeat(60),
+                })
+                .await
+        }
+    });
+    server
+        .wait_log_after(before, "request started", Duration::from_secs(10))
+        .await;
+    server.signal("-TERM");
+    in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight request completes");
+    let logs = server.logs();
+    assert_eq!(server.wait().await, Some(0), "exit 0 after SIGTERM");
+
+    let finished = logs
+        .iter()
+        .filter(|l| l.contains("request finished"))
+        .count();
+    assert!(finished >= 6, "a request line per call: {finished}");
+    for line in &logs {
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        for (what, secret) in [
+            ("password", password),
+            ("access token", login.access_token.as_str()),
+            ("refresh token", login.refresh_token.as_str()),
+            ("rotated refresh token", refreshed.refresh_token.as_str()),
+            ("password hash", hash.as_str()),
+        ] {
+            assert!(!line.contains(secret), "{what} in a log line: {line}");
+            // Nor the signature alone (the part after the last dot).
+            let tail = secret.rsplit('.').next().unwrap();
+            assert!(
+                !line.contains(tail),
+                "part of the {what} in a log line: {line}"
+            );
+        }
+    }
+}

@@ -25,6 +25,11 @@ pub struct Config {
     #[arg(long, env = "AUTH_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub grpc_addr: SocketAddr,
 
+    /// Address of the HTTP server with `/healthz`, `/readyz` and `/metrics`
+    /// (Prometheus); port 0 picks a free port (logged at start).
+    #[arg(long, env = "AUTH_HTTP_ADDR", default_value = "127.0.0.1:9464")]
+    pub http_addr: SocketAddr,
+
     /// bcrypt cost factor (4..=31); each step doubles the work.
     #[arg(long, env = "AUTH_BCRYPT_COST", default_value_t = 12,
           value_parser = clap::value_parser!(u32).range(4..=31))]

@@ -9,6 +9,7 @@ use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 use tracing::Instrument as _;
 
+use crate::observe::names;
 use crate::proto::auth_api_server::AuthApi;
 use crate::proto::{
     LoginRequest, LoginResponse, LogoutRequest, LogoutResponse, RefreshRequest, RefreshResponse,
@@ -120,9 +121,9 @@ async fn observed<T>(
         let elapsed = started.elapsed();
         let code = result.as_ref().err().map_or(Code::Ok, Status::code);
         tracing::info!(code = ?code, duration_ms = elapsed.as_secs_f64() * 1e3, "request finished");
-        metrics::counter!("auth_requests_total", "method" => method, "code" => format!("{code:?}"))
+        metrics::counter!(names::REQUESTS, "method" => method, "code" => format!("{code:?}"))
             .increment(1);
-        metrics::histogram!("auth_request_duration_seconds", "method" => method)
+        metrics::histogram!(names::REQUEST_DURATION, "method" => method)
             .record(elapsed.as_secs_f64());
         result
     }

@@ -11,6 +11,7 @@ pub mod codec;
 pub mod config;
 pub mod domain;
 pub mod grpc;
+pub mod observe;
 pub mod password;
 pub mod service;
 pub mod startup;

@@ -7,11 +7,14 @@
 //! once instead of waiting without bound.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
 use tokio::sync::{Semaphore, oneshot};
 use tracing::Span;
 
 use crate::domain::{NewPassword, PasswordAttempt};
+use crate::observe::names;
 
 /// Why hashing or verification did not produce an answer.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +56,8 @@ struct Inner {
     /// A hash of a random password at the same cost, verified when the user is
     /// unknown so that path costs what a wrong password costs.
     dummy_hash: String,
+    /// Jobs running or waiting, for the queue-depth gauge.
+    depth: AtomicUsize,
 }
 
 impl PasswordHasher {
@@ -77,6 +82,7 @@ impl PasswordHasher {
                 permits: Arc::new(Semaphore::new(threads + settings.queue)),
                 cost: settings.cost,
                 dummy_hash,
+                depth: AtomicUsize::new(0),
             }),
         })
     }
@@ -131,10 +137,18 @@ impl PasswordHasher {
         let permit = Arc::clone(&self.inner.permits)
             .try_acquire_owned()
             .map_err(|_| HashError::Busy)?;
+        let depth = &self.inner.depth;
+        metrics::gauge!(names::BCRYPT_QUEUE_DEPTH)
+            .set(depth.fetch_add(1, Ordering::Relaxed) as f64 + 1.0);
+        let inner = Arc::clone(&self.inner);
         let (tx, rx) = oneshot::channel();
         let span = Span::current();
+        let submitted = Instant::now();
         self.inner.pool.spawn(move || {
+            metrics::histogram!(names::BCRYPT_WAIT).record(submitted.elapsed().as_secs_f64());
             let result = span.in_scope(job);
+            let left = inner.depth.fetch_sub(1, Ordering::Relaxed) - 1;
+            metrics::gauge!(names::BCRYPT_QUEUE_DEPTH).set(left as f64);
             drop(permit);
             // The receiver is gone only if the request was cancelled.
             let _ = tx.send(result);

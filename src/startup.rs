@@ -29,6 +29,7 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// A built server, bound to its address but not yet serving.
 pub struct Application {
     listener: TcpListener,
+    http_listener: TcpListener,
     service: Arc<AuthService>,
     pool: PgPool,
     shutdown_timeout: Duration,
@@ -113,8 +114,12 @@ impl Application {
         let listener = TcpListener::bind(config.grpc_addr)
             .await
             .with_context(|| format!("binding AUTH_GRPC_ADDR {}", config.grpc_addr))?;
+        let http_listener = crate::observe::bind(config.http_addr)
+            .await
+            .with_context(|| format!("binding AUTH_HTTP_ADDR {}", config.http_addr))?;
         Ok(Self {
             listener,
+            http_listener,
             service,
             pool,
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout_secs),
@@ -127,6 +132,14 @@ impl Application {
     /// When the socket has no local address (it always has once bound).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The address of the HTTP port (`/healthz`, `/readyz`, `/metrics`).
+    ///
+    /// # Errors
+    /// When the socket has no local address (it always has once bound).
+    pub fn http_addr(&self) -> std::io::Result<SocketAddr> {
+        self.http_listener.local_addr()
     }
 
     /// Serves gRPC until `shutdown` completes, then stops accepting, lets
@@ -144,6 +157,7 @@ impl Application {
             .build_v1()
             .context("building the reflection service")?;
         let watcher = tokio::spawn(watch_database(self.pool.clone(), reporter));
+        let http = tokio::spawn(crate::observe::serve(self.http_listener, self.pool.clone()));
         tracing::info!(%addr, "gRPC server listening");
         let (signalled, on_signal) = tokio::sync::oneshot::channel::<()>();
         let shutdown = async move {
@@ -173,6 +187,7 @@ impl Application {
             }
         };
         watcher.abort();
+        http.abort();
         self.pool.close().await;
         Ok(served?)
     }

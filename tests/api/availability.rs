@@ -8,6 +8,7 @@ use tonic_health::pb::health_client::HealthClient;
 
 use crate::expect_code;
 use crate::helpers::{DbProxy, TestApp, create_database, eventually, test_config};
+use crate::processes::http_get;
 
 fn register(email: &str) -> RegisterRequest {
     RegisterRequest {
@@ -117,5 +118,22 @@ async fn reflection_lists_the_services() {
             "{service} missing from {names:?}"
         );
     }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn readyz_needs_the_migrations_applied() {
+    let app = TestApp::spawn_with(|c| c.migrate_on_start = false).await;
+    let addr = app.http_addr.to_string();
+    assert_eq!(http_get(&addr, "/healthz").await.0, 200);
+    assert_eq!(
+        http_get(&addr, "/readyz").await,
+        (503, "database=true migrations=false\n".to_owned())
+    );
+    realchat_auth::store::MIGRATOR.run(&app.pool).await.unwrap();
+    assert_eq!(
+        http_get(&addr, "/readyz").await,
+        (200, "database=true migrations=true\n".to_owned())
+    );
     app.stop().await;
 }

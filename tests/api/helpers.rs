@@ -61,6 +61,7 @@ pub fn test_config(database_url: &str) -> Config {
     let mut config = <Config as clap::Parser>::parse_from(["realchat-auth"]);
     config.database_url = database_url.to_owned();
     config.grpc_addr = "127.0.0.1:0".parse().unwrap();
+    config.http_addr = "127.0.0.1:0".parse().unwrap();
     config.bcrypt_cost = 4;
     config
 }
@@ -68,6 +69,8 @@ pub fn test_config(database_url: &str) -> Config {
 /// A running server and what a test needs to talk to it.
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// The HTTP port (`/healthz`, `/readyz`, `/metrics`).
+    pub http_addr: SocketAddr,
     pub client: AuthApiClient<Channel>,
     /// The test database, for direct checks.
     pub pool: PgPool,
@@ -94,6 +97,7 @@ impl TestApp {
     pub async fn start(config: Config, database_url: String) -> Self {
         let app = Application::build(&config).await.expect("build app");
         let addr = app.local_addr().unwrap();
+        let http_addr = app.http_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until(async {
             let _ = stopped.await;
@@ -104,6 +108,7 @@ impl TestApp {
         let pool = PgPool::connect(&database_url).await.expect("test pool");
         Self {
             addr,
+            http_addr,
             client,
             pool,
             database_url,

@@ -7,13 +7,14 @@ use realchat_auth::proto::auth_api_client::AuthApiClient;
 use realchat_auth::proto::{LoginRequest, LogoutRequest, RefreshRequest, RegisterRequest};
 
 use crate::helpers::create_database;
-use crate::processes::{Process, command};
+use crate::processes::{Process, command, http_get, metric};
 
 fn server(database_url: &str, env: &[(&str, &str)]) -> Process {
     let mut command = command(env!("CARGO_BIN_EXE_realchat-auth"));
     command
         .env("DATABASE_URL", database_url)
         .env("AUTH_GRPC_ADDR", "127.0.0.1:0")
+        .env("AUTH_HTTP_ADDR", "127.0.0.1:0")
         .env("AUTH_LOG_FORMAT", "json")
         // Everything, every library: no log line of any level may hold a secret.
         .env("RUST_LOG", "debug");
@@ -95,6 +96,44 @@ async fn migrate_then_serve_with_json_logs_free_of_secrets_and_stop_gracefully()
         })
         .await
         .unwrap_err();
+    // The HTTP port: alive, ready, and counting what just happened.
+    let http = {
+        let line = server
+            .wait_log("HTTP listening", Duration::from_secs(10))
+            .await;
+        let json: serde_json::Value = serde_json::from_str(&line).unwrap();
+        json["fields"]["addr"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(http_get(&http, "/healthz").await.0, 200);
+    assert_eq!(
+        http_get(&http, "/readyz").await,
+        (200, "database=true migrations=true\n".to_owned())
+    );
+    let (status, exposition) = http_get(&http, "/metrics").await;
+    assert_eq!(status, 200);
+    for (series, value) in [
+        (r#"auth_requests_total{method="Register",code="Ok"}"#, 1.0),
+        (r#"auth_requests_total{method="Login",code="Ok"}"#, 1.0),
+        (r#"auth_requests_total{method="Refresh",code="Ok"}"#, 1.0),
+        (
+            r#"auth_requests_total{method="Refresh",code="Unauthenticated"}"#,
+            1.0,
+        ),
+        (r#"auth_requests_total{method="Logout",code="Ok"}"#, 1.0),
+        ("auth_bcrypt_queue_depth", 0.0),
+        ("auth_db_pool_max_connections", 10.0),
+    ] {
+        assert_eq!(metric(&exposition, series), Some(value), "{series}");
+    }
+    for histogram in [
+        r#"auth_request_duration_seconds_bucket{method="Login",le="+Inf"}"#,
+        r#"auth_bcrypt_wait_seconds_bucket{le="+Inf"}"#,
+    ] {
+        assert!(
+            metric(&exposition, histogram).is_some_and(|n| n >= 1.0),
+            "{histogram}"
+        );
+    }
     let pool = sqlx::PgPool::connect(&database_url).await.unwrap();
     let hash: String = sqlx::query_scalar("SELECT password_hash FROM users")
         .fetch_one(&pool)

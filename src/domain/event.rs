@@ -39,3 +39,40 @@ impl UserRegistered {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The payload matches the published JSON Schema: every required field
+    /// present, of its type and format, and nothing the schema lacks.
+    #[test]
+    fn payload_follows_the_published_schema() {
+        let schema: serde_json::Value = serde_json::from_str(include_str!(
+            "../../docs/schemas/user-registered.v1.schema.json"
+        ))
+        .unwrap();
+        let email = Email::parse("alice@example.com").unwrap();
+        let payload =
+            serde_json::to_value(UserRegistered::new(Uuid::now_v7(), &email, Utc::now())).unwrap();
+        let properties = schema["properties"].as_object().unwrap();
+        for field in schema["required"].as_array().unwrap() {
+            let field = field.as_str().unwrap();
+            assert!(
+                payload[field].is_string(),
+                "{field} missing or not a string"
+            );
+        }
+        for (field, value) in payload.as_object().unwrap() {
+            let spec = properties
+                .get(field)
+                .unwrap_or_else(|| panic!("{field} not in the schema"));
+            let text = value.as_str().unwrap();
+            match spec["format"].as_str() {
+                Some("uuid") => assert!(Uuid::parse_str(text).is_ok(), "{field}"),
+                Some("date-time") => assert!(DateTime::parse_from_rfc3339(text).is_ok(), "{field}"),
+                _ => {}
+            }
+        }
+    }
+}

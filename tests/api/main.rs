@@ -6,6 +6,7 @@ mod availability;
 mod helpers;
 mod login;
 mod processes;
+mod profile;
 mod register;
 mod relay;
 mod relay_faults;

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::helpers::{TestApp, bootstrap_servers, create_database, eventually, test_config};
 
-fn relay_config(database_url: &str, topic_prefix: &str) -> RelayConfig {
+pub fn relay_config(database_url: &str, topic_prefix: &str) -> RelayConfig {
     let mut config = <RelayConfig as clap::Parser>::parse_from(["realchat-relay"]);
     config.database_url = database_url.to_owned();
     config.kafka_bootstrap_servers = bootstrap_servers();

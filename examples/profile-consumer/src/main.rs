@@ -1,15 +1,21 @@
-//! `realchat-profile-consumer`: the example Profile consumer.
+//! `realchat-profile-consumer`: the example Profile consumer. Stops on
+//! SIGINT or SIGTERM (what `docker stop` sends) after the message in hand.
 
 use clap::Parser as _;
 use realchat_profile_consumer::ProfileConfig;
+use tokio::signal::unix::{SignalKind, signal};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt().with_env_filter(filter).init();
-    realchat_profile_consumer::run(ProfileConfig::parse(), async {
-        let _ = tokio::signal::ctrl_c().await;
+    let mut term = signal(SignalKind::terminate())?;
+    realchat_profile_consumer::run(ProfileConfig::parse(), async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
     })
     .await
 }

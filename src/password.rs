@@ -31,6 +31,16 @@ pub enum HashError {
     PoolGone,
 }
 
+/// What [`PasswordHasher::verify`] found.
+#[derive(Debug)]
+pub struct Verified {
+    /// The password matches the user's stored hash.
+    pub matched: bool,
+    /// A new hash at the configured cost, when the stored one had a lower
+    /// cost and the password matched (rehash on login).
+    pub upgraded_hash: Option<String>,
+}
+
 /// Settings of a [`PasswordHasher`].
 #[derive(Debug, Clone, Copy)]
 pub struct HasherSettings {
@@ -100,7 +110,9 @@ impl PasswordHasher {
 
     /// Verifies `password` against `stored`, or against the dummy hash when
     /// `stored` is `None` (unknown user), doing the same work either way.
-    /// Returns true only for a real hash that matches.
+    /// `matched` is true only for a real hash that matches; then, if that
+    /// hash's cost is below the configured one, `upgraded_hash` holds a new
+    /// hash at the configured cost (made in the same pool job) to store.
     ///
     /// # Errors
     /// [`HashError::Busy`] when the queue is full; [`HashError::Bcrypt`] for a
@@ -109,7 +121,7 @@ impl PasswordHasher {
         &self,
         password: PasswordAttempt,
         stored: Option<String>,
-    ) -> Result<bool, HashError> {
+    ) -> Result<Verified, HashError> {
         let inner = Arc::clone(&self.inner);
         self.run(move || {
             let (hash, real) = match &stored {
@@ -124,7 +136,17 @@ impl PasswordHasher {
             } else {
                 bcrypt::verify(candidate, hash)?
             };
-            Ok(matched && real)
+            let matched = matched && real;
+            let stored_cost = hash.parse::<bcrypt::HashParts>()?.get_cost();
+            let upgraded_hash = if matched && stored_cost < inner.cost {
+                Some(bcrypt::hash(candidate, inner.cost)?)
+            } else {
+                None
+            };
+            Ok(Verified {
+                matched,
+                upgraded_hash,
+            })
         })
         .await
     }
@@ -183,17 +205,28 @@ mod tests {
             "dummy hash at the same cost"
         );
         let attempt = |p: &str| PasswordAttempt::parse(p).unwrap();
-        assert!(
-            h.verify(attempt("a good password"), Some(hash.clone()))
-                .await
-                .unwrap()
-        );
-        assert!(
-            !h.verify(attempt("a bad password"), Some(hash))
-                .await
-                .unwrap()
-        );
-        assert!(!h.verify(attempt("a good password"), None).await.unwrap());
+        let matched = |p: &str, stored: Option<String>| {
+            let verify = h.verify(attempt(p), stored);
+            async move { verify.await.unwrap().matched }
+        };
+        assert!(matched("a good password", Some(hash.clone())).await);
+        assert!(!matched("a bad password", Some(hash.clone())).await);
+        assert!(!matched("a good password", None).await);
+        // At the configured cost already: nothing to upgrade.
+        let same = h
+            .verify(attempt("a good password"), Some(hash.clone()))
+            .await;
+        assert!(same.unwrap().upgraded_hash.is_none());
+        // A stronger hasher upgrades a matching hash, and only a matching one.
+        let stronger = hasher(5, 1, 1);
+        let upgraded = stronger
+            .verify(attempt("a good password"), Some(hash.clone()))
+            .await;
+        let new_hash = upgraded.unwrap().upgraded_hash.unwrap();
+        assert!(new_hash.starts_with("$2b$05$"));
+        assert!(bcrypt::verify("a good password", &new_hash).unwrap());
+        let wrong = stronger.verify(attempt("a bad password"), Some(hash)).await;
+        assert!(wrong.unwrap().upgraded_hash.is_none());
     }
 
     #[tokio::test]

@@ -128,6 +128,10 @@ impl AuthService {
     pub async fn register(&self, email: &str, password: &str) -> Result<Uuid, ServiceError> {
         let email = Email::parse(email);
         let password = NewPassword::parse(password);
+        let password = match (&email, password) {
+            (Ok(email), Ok(password)) => password.check_not_guessable(email).map(|()| password),
+            (_, password) => password,
+        };
         let (email, password) = match (email, password) {
             (Ok(email), Ok(password)) => (email, password),
             (email, password) => {
@@ -203,11 +207,19 @@ impl AuthService {
             Some(c) => (Some(c.id), Some(c.password_hash)),
             None => (None, None),
         };
-        let matched = self.hasher.verify(password, stored).await?;
-        let user_id = match (matched, user_id) {
+        let verified = self.hasher.verify(password, stored).await?;
+        let user_id = match (verified.matched, user_id) {
             (true, Some(user_id)) => user_id,
             _ => return Err(ServiceError::InvalidCredentials),
         };
+        if let Some(new_hash) = verified.upgraded_hash {
+            // The cost was raised since this hash was made: store the
+            // stronger one. A failure here must not fail the login.
+            let mut conn = self.pool.acquire().await?;
+            if let Err(e) = store::users::set_password_hash(&mut conn, user_id, &new_hash).await {
+                tracing::warn!(%user_id, error = %e, "could not store the rehashed password");
+            }
+        }
 
         let session_id = Uuid::now_v7();
         let jti = Uuid::new_v4();

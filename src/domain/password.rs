@@ -1,6 +1,18 @@
+use std::collections::HashSet;
+use std::sync::LazyLock;
+
 use secrecy::{ExposeSecret, SecretString};
 
-use super::{MAX_RAW_FIELD_BYTES, has_control_char, nfkc};
+use super::{Email, MAX_RAW_FIELD_BYTES, has_control_char, nfkc};
+
+/// The 10,000 most common passwords (`common-passwords.txt`, from zxcvbn's
+/// frequency list), loaded once.
+static COMMON_PASSWORDS: LazyLock<HashSet<&'static str>> = LazyLock::new(|| {
+    include_str!("common-passwords.txt")
+        .lines()
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .collect()
+});
 
 /// Fewest characters (Unicode scalar values) in a new password, as NIST SP
 /// 800-63B §3.1.1.2 requires for user-chosen secrets.
@@ -21,6 +33,12 @@ pub enum PasswordError {
     /// Over [`MAX_PASSWORD_BYTES`] bytes after NFKC (never truncated).
     #[error("password must be at most {MAX_PASSWORD_BYTES} bytes in UTF-8")]
     TooLong,
+    /// On the list of the most common (breached) passwords.
+    #[error("password is one of the most commonly used passwords; choose another")]
+    Common,
+    /// The account's email address or its local part.
+    #[error("password must not be the email address or part of it")]
+    MatchesEmail,
 }
 
 /// A password that satisfies the registration policy: NFKC-normalised, no
@@ -53,6 +71,29 @@ impl NewPassword {
     /// The normalised password, for hashing.
     pub fn expose(&self) -> &str {
         self.0.expose_secret()
+    }
+
+    /// Refuses a password that is easy to guess for the account of `email`
+    /// (NIST SP 800-63B §3.1.1.2: compare against breached and common
+    /// values and context-specific words), compared case-insensitively.
+    ///
+    /// # Errors
+    /// [`PasswordError::Common`] for one of the 10,000 most common
+    /// passwords; [`PasswordError::MatchesEmail`] for the email address or
+    /// its local part.
+    pub fn check_not_guessable(&self, email: &Email) -> Result<(), PasswordError> {
+        let folded = self.expose().to_lowercase();
+        if COMMON_PASSWORDS.contains(folded.as_str()) {
+            return Err(PasswordError::Common);
+        }
+        let local = email
+            .as_str()
+            .rsplit_once('@')
+            .map_or("", |(local, _)| local);
+        if folded == email.as_str() || folded == local {
+            return Err(PasswordError::MatchesEmail);
+        }
+        Ok(())
     }
 }
 
@@ -108,6 +149,29 @@ mod tests {
             NewPassword::parse(&"ﬁ".repeat(24)).unwrap().expose(),
             "fi".repeat(24)
         );
+    }
+
+    #[test]
+    fn common_passwords_and_the_email_are_guessable() {
+        let email = Email::parse("Jane.Doe@example.com").unwrap();
+        let check = |p: &str| NewPassword::parse(p).unwrap().check_not_guessable(&email);
+        assert_eq!(COMMON_PASSWORDS.len(), 10_000);
+        for common in [
+            "password",
+            "12345678",
+            "PASSWORD1",
+            "iloveyou",
+            "qwertyuiop",
+        ] {
+            assert_eq!(check(common), Err(PasswordError::Common), "{common}");
+        }
+        assert_eq!(
+            check("jane.doe@example.com"),
+            Err(PasswordError::MatchesEmail)
+        );
+        assert_eq!(check("JANE.DOE"), Err(PasswordError::MatchesEmail));
+        assert_eq!(check("correct horse battery staple"), Ok(()));
+        assert_eq!(check("jane.doe.2026!"), Ok(()));
     }
 
     #[test]

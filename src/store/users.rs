@@ -35,6 +35,24 @@ pub async fn insert(
     Ok(inserted.rows_affected() == 1)
 }
 
+/// Replaces the password hash of user `id` (rehash on login at a higher
+/// cost).
+///
+/// # Errors
+/// [`StoreError`].
+pub async fn set_password_hash(
+    conn: &mut PgConnection,
+    id: Uuid,
+    password_hash: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1")
+        .bind(id)
+        .bind(password_hash)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// A user's id and password hash, for login. `Debug` leaves the hash out.
 #[derive(sqlx::FromRow)]
 pub struct Credentials {

@@ -94,3 +94,33 @@ async fn a_bug_is_internal_with_no_details() {
     assert!(status.details().is_empty());
     app.stop().await;
 }
+
+#[tokio::test]
+async fn login_rehashes_a_password_stored_at_a_lower_cost() {
+    let database_url = crate::helpers::create_database().await;
+    let config = crate::helpers::test_config(&database_url);
+    let app = TestApp::start(config.clone(), database_url.clone()).await;
+    app.register("gus@example.com", "gus's password").await;
+    app.stop().await;
+
+    // The operator raises the cost (tests run at 4).
+    let app = TestApp::start(
+        realchat_auth::config::Config {
+            bcrypt_cost: 5,
+            ..config
+        },
+        database_url,
+    )
+    .await;
+    let stored = || async {
+        sqlx::query_scalar::<_, String>("SELECT password_hash FROM users")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap()
+    };
+    assert!(stored().await.starts_with("$2b$04$"));
+    app.login("gus@example.com", "gus's password").await;
+    assert!(stored().await.starts_with("$2b$05$"), "upgraded on login");
+    app.login("gus@example.com", "gus's password").await;
+    app.stop().await;
+}

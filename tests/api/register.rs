@@ -216,3 +216,33 @@ async fn malformed_emails_are_invalid_argument() {
     app.register(&address(57), "good password").await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn common_passwords_and_the_email_itself_are_refused_with_the_reason() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client.clone();
+    for (password, reason) in [
+        ("password1", "most commonly used"),
+        ("Qwerty123", "most commonly used"),
+        ("jane.doe@example.com", "email address"),
+        ("JANE.DOE", "email address"),
+    ] {
+        let status = expect_code(
+            client
+                .register(request("jane.doe@example.com", password))
+                .await,
+            Code::InvalidArgument,
+        );
+        let details = tonic_types::StatusExt::get_error_details(&status);
+        let violation = &details.bad_request().unwrap().field_violations[0];
+        assert_eq!(violation.field, "password");
+        assert!(
+            violation.description.contains(reason),
+            "{password}: {violation:?}"
+        );
+    }
+    assert_eq!(count(&app, "users").await, 0);
+    app.register("jane.doe@example.com", "jane's own passphrase")
+        .await;
+    app.stop().await;
+}

@@ -28,10 +28,31 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Call {
-    Register { email: String, password: String },
-    Login { email: String, password: String },
-    Refresh { refresh_token: String },
-    Logout { refresh_token: String },
+    Register {
+        email: String,
+        password: String,
+    },
+    Login {
+        email: String,
+        password: String,
+    },
+    Refresh {
+        refresh_token: String,
+    },
+    Logout {
+        refresh_token: String,
+        /// Which sessions to end.
+        #[arg(long, value_enum, default_value = "session")]
+        scope: Scope,
+    },
+}
+
+/// `LogoutScope` values, by name.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Scope {
+    Session = 1,
+    All = 2,
+    Others = 3,
 }
 
 #[tokio::main]
@@ -61,8 +82,14 @@ async fn main() -> anyhow::Result<()> {
             .refresh(RefreshRequest { refresh_token })
             .await
             .map(|r| pair_json(r.into_inner())),
-        Call::Logout { refresh_token } => client
-            .logout(LogoutRequest { refresh_token })
+        Call::Logout {
+            refresh_token,
+            scope,
+        } => client
+            .logout(LogoutRequest {
+                refresh_token,
+                scope: scope as i32,
+            })
             .await
             .map(|_| serde_json::json!({})),
     };

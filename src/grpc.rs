@@ -9,13 +9,15 @@ use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 use tracing::Instrument as _;
 
+use crate::domain::FieldViolation;
 use crate::observe::names;
+use crate::proto;
 use crate::proto::auth_api_server::AuthApi;
 use crate::proto::{
     LoginRequest, LoginResponse, LogoutRequest, LogoutResponse, RefreshRequest, RefreshResponse,
     RegisterRequest, RegisterResponse,
 };
-use crate::service::{AuthService, ServiceError, TokenPair};
+use crate::service::{AuthService, LogoutScope, ServiceError, TokenPair};
 
 /// `AuthApi` over an [`AuthService`].
 pub struct GrpcApi {
@@ -95,9 +97,24 @@ impl AuthApi for GrpcApi {
         request: Request<LogoutRequest>,
     ) -> Result<Response<LogoutResponse>, Status> {
         observed("Logout", async {
-            self.service
-                .logout(&request.into_inner().refresh_token)
-                .await?;
+            let LogoutRequest {
+                refresh_token,
+                scope,
+            } = request.into_inner();
+            let scope = match proto::LogoutScope::try_from(scope) {
+                Ok(proto::LogoutScope::Unspecified | proto::LogoutScope::Session) => {
+                    LogoutScope::Session
+                }
+                Ok(proto::LogoutScope::All) => LogoutScope::All,
+                Ok(proto::LogoutScope::Others) => LogoutScope::Others,
+                Err(_) => {
+                    return Err(ServiceError::InvalidArgument(vec![FieldViolation {
+                        field: "scope",
+                        description: format!("unknown logout scope {scope}"),
+                    }]));
+                }
+            };
+            self.service.logout(&refresh_token, scope).await?;
             Ok(LogoutResponse {})
         })
         .await

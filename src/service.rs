@@ -75,6 +75,17 @@ impl From<TokenError> for ServiceError {
     }
 }
 
+/// Which sessions Logout ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogoutScope {
+    /// The session of the refresh token.
+    Session,
+    /// Every session of the user.
+    All,
+    /// Every session of the user but the token's own.
+    Others,
+}
+
 /// A freshly issued access token and refresh token.
 #[derive(Debug, Clone)]
 pub struct TokenPair {
@@ -316,25 +327,45 @@ impl AuthService {
         ))
     }
 
-    /// Revokes the session of a refresh token. Any authentic token of the
-    /// session works, retired ones included; a session already revoked is
-    /// fine (idempotent).
+    /// Ends sessions of the refresh token's user. With
+    /// [`LogoutScope::Session`] any authentic token of the session works,
+    /// retired ones included, and a session already revoked is fine
+    /// (idempotent). [`LogoutScope::All`] and [`LogoutScope::Others`] reach
+    /// beyond the token's session, so they need that session to be live.
     ///
     /// # Errors
     /// `InvalidArgument` (empty token), `InvalidToken` (forged, expired or
-    /// malformed token), `Unavailable`, `Internal`.
-    #[tracing::instrument(skip_all)]
-    pub async fn logout(&self, refresh_token: &str) -> Result<(), ServiceError> {
+    /// malformed token; or, for All/Others, a revoked session),
+    /// `Unavailable`, `Internal`.
+    #[tracing::instrument(skip_all, fields(?scope))]
+    pub async fn logout(
+        &self,
+        refresh_token: &str,
+        scope: LogoutScope,
+    ) -> Result<(), ServiceError> {
         let claims = self.verify_refresh(refresh_token)?;
         let mut conn = self.pool.acquire().await?;
-        let revoked = store::sessions::revoke(
-            &mut conn,
-            claims.sid,
-            claims.sub,
-            RevokeReason::Logout,
-            Utc::now(),
-        )
-        .await?;
+        let now = Utc::now();
+        let revoked = match scope {
+            LogoutScope::Session => u64::from(
+                store::sessions::revoke(
+                    &mut conn,
+                    claims.sid,
+                    claims.sub,
+                    RevokeReason::Logout,
+                    now,
+                )
+                .await?,
+            ),
+            LogoutScope::All | LogoutScope::Others => {
+                if !store::sessions::is_live(&mut conn, claims.sid, claims.sub).await? {
+                    return Err(ServiceError::InvalidToken("session revoked".into()));
+                }
+                let keep = (scope == LogoutScope::Others).then_some(claims.sid);
+                store::sessions::revoke_all(&mut conn, claims.sub, keep, RevokeReason::Logout, now)
+                    .await?
+            }
+        };
         tracing::info!(session_id = %claims.sid, revoked, "logout");
         Ok(())
     }

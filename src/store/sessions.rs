@@ -119,6 +119,45 @@ pub async fn rotate(
     Ok(())
 }
 
+/// True when session `id` of `user_id` exists and is not revoked.
+///
+/// # Errors
+/// [`StoreError`].
+pub async fn is_live(conn: &mut PgConnection, id: Uuid, user_id: Uuid) -> Result<bool, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM sessions
+                        WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL)",
+    )
+    .bind(id)
+    .bind(user_id)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// Revokes every live session of `user_id` except `keep`; returns how many.
+///
+/// # Errors
+/// [`StoreError`].
+pub async fn revoke_all(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+    keep: Option<Uuid>,
+    reason: RevokeReason,
+    at: DateTime<Utc>,
+) -> Result<u64, StoreError> {
+    let done = sqlx::query(
+        "UPDATE sessions SET revoked_at = $3, revoke_reason = $4
+         WHERE user_id = $1 AND revoked_at IS NULL AND id IS DISTINCT FROM $2",
+    )
+    .bind(user_id)
+    .bind(keep)
+    .bind(at)
+    .bind(reason.as_str())
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
 /// Revokes the session of `user_id` with id `id`, keeping the first
 /// revocation's time and reason. Returns false when no such live session
 /// exists (already revoked or never existed), which callers treat as done.

@@ -86,6 +86,7 @@ async fn migrate_then_serve_with_json_logs_free_of_secrets_and_stop_gracefully()
     client
         .logout(LogoutRequest {
             refresh_token: refreshed.refresh_token.clone(),
+            scope: 0,
         })
         .await
         .unwrap();

@@ -1,7 +1,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use realchat_auth::proto::{LogoutRequest, RefreshRequest, RefreshResponse};
+use realchat_auth::proto::{LogoutRequest, LogoutScope, RefreshRequest, RefreshResponse};
 use tonic::Code;
 
 use crate::expect_code;
@@ -18,10 +18,19 @@ async fn refresh(app: &TestApp, token: &str) -> Result<RefreshResponse, tonic::S
 }
 
 async fn logout(app: &TestApp, token: &str) -> Result<(), tonic::Status> {
+    logout_scoped(app, token, LogoutScope::Unspecified).await
+}
+
+async fn logout_scoped(
+    app: &TestApp,
+    token: &str,
+    scope: LogoutScope,
+) -> Result<(), tonic::Status> {
     app.client
         .clone()
         .logout(LogoutRequest {
             refresh_token: token.into(),
+            scope: scope as i32,
         })
         .await
         .map(|_| ())
@@ -307,4 +316,65 @@ async fn tokens_signed_with_our_key_but_wrong_claims_are_unauthenticated() {
     refresh(&app, &sign(&|_| {})).await.unwrap();
     app.stop().await;
     std::fs::remove_file(key_file).unwrap();
+}
+
+#[tokio::test]
+async fn logout_scopes_end_other_sessions_or_all_of_them() {
+    let app = TestApp::spawn().await;
+    let (_, a) = session(&app).await;
+    let b = app
+        .login("erin@example.com", "erin's password")
+        .await
+        .refresh_token;
+    let c = app
+        .login("erin@example.com", "erin's password")
+        .await
+        .refresh_token;
+    // Another user's session is never touched.
+    app.register("other@example.com", "other's password").await;
+    let other = app
+        .login("other@example.com", "other's password")
+        .await
+        .refresh_token;
+
+    logout_scoped(&app, &a, LogoutScope::Others).await.unwrap();
+    let a = refresh(&app, &a)
+        .await
+        .expect("this session lives")
+        .refresh_token;
+    expect_code(refresh(&app, &b).await, Code::Unauthenticated);
+    expect_code(refresh(&app, &c).await, Code::Unauthenticated);
+
+    let d = app
+        .login("erin@example.com", "erin's password")
+        .await
+        .refresh_token;
+    logout_scoped(&app, &a, LogoutScope::All).await.unwrap();
+    expect_code(refresh(&app, &a).await, Code::Unauthenticated);
+    expect_code(refresh(&app, &d).await, Code::Unauthenticated);
+    refresh(&app, &other).await.unwrap();
+
+    // Beyond its own session, a revoked session's token has no say.
+    let e = app
+        .login("erin@example.com", "erin's password")
+        .await
+        .refresh_token;
+    expect_code(
+        logout_scoped(&app, &a, LogoutScope::All).await,
+        Code::Unauthenticated,
+    );
+    refresh(&app, &e).await.unwrap();
+    // An unknown scope is named in the error.
+    let status = expect_code(
+        app.client
+            .clone()
+            .logout(LogoutRequest {
+                refresh_token: e.clone(),
+                scope: 42,
+            })
+            .await,
+        Code::InvalidArgument,
+    );
+    assert_eq!(crate::violated_fields(&status), ["scope"]);
+    app.stop().await;
 }

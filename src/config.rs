@@ -102,6 +102,16 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub shutdown_timeout_secs: u64,
 
+    /// Sessions that expired or were revoked more than this many seconds ago
+    /// are deleted.
+    #[arg(long, env = "AUTH_SESSION_RETENTION_SECS", default_value_t = 2_592_000)]
+    pub session_retention_secs: u64,
+
+    /// Seconds between purges of old sessions (1..=86400).
+    #[arg(long, env = "AUTH_SESSION_PURGE_INTERVAL_SECS", default_value_t = 3600,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub session_purge_interval_secs: u64,
+
     /// Log format: `text` (human-readable) or `json`.
     #[arg(long, env = "AUTH_LOG_FORMAT", default_value = "text",
           value_parser = ["text", "json"])]

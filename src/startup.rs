@@ -33,6 +33,8 @@ pub struct Application {
     service: Arc<AuthService>,
     pool: PgPool,
     shutdown_timeout: Duration,
+    session_retention_secs: u64,
+    session_purge_interval: Duration,
 }
 
 /// Applies the migrations of `migrations/` to `DATABASE_URL` and returns
@@ -123,6 +125,8 @@ impl Application {
             service,
             pool,
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout_secs),
+            session_retention_secs: config.session_retention_secs,
+            session_purge_interval: Duration::from_secs(config.session_purge_interval_secs),
         })
     }
 
@@ -158,6 +162,11 @@ impl Application {
             .context("building the reflection service")?;
         let watcher = tokio::spawn(watch_database(self.pool.clone(), reporter));
         let http = tokio::spawn(crate::observe::serve(self.http_listener, self.pool.clone()));
+        let purger = tokio::spawn(purge_sessions(
+            self.pool.clone(),
+            self.session_retention_secs,
+            self.session_purge_interval,
+        ));
         tracing::info!(%addr, "gRPC server listening");
         let (signalled, on_signal) = tokio::sync::oneshot::channel::<()>();
         let shutdown = async move {
@@ -188,8 +197,40 @@ impl Application {
         };
         watcher.abort();
         http.abort();
+        purger.abort();
         self.pool.close().await;
         Ok(served?)
+    }
+}
+
+/// Deletes expired and revoked sessions past their retention, every
+/// `interval`, in batches of 1,000 (each its own short statement). Every
+/// replica runs it; the deletes are idempotent.
+async fn purge_sessions(pool: PgPool, retention_secs: u64, interval: Duration) {
+    loop {
+        let mut purged = 0;
+        loop {
+            let batch = async {
+                let mut conn = pool.acquire().await?;
+                store::sessions::purge(&mut conn, retention_secs, 1000).await
+            };
+            match batch.await {
+                Ok(n) => {
+                    purged += n;
+                    if n < 1000 {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "session purge failed; retrying later");
+                    break;
+                }
+            }
+        }
+        if purged > 0 {
+            tracing::info!(purged, "purged old sessions");
+        }
+        tokio::time::sleep(interval).await;
     }
 }
 

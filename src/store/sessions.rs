@@ -119,6 +119,30 @@ pub async fn rotate(
     Ok(())
 }
 
+/// Deletes up to `batch` sessions that expired or were revoked more than
+/// `retention_secs` ago; returns how many.
+///
+/// # Errors
+/// [`StoreError`].
+pub async fn purge(
+    conn: &mut PgConnection,
+    retention_secs: u64,
+    batch: i64,
+) -> Result<u64, StoreError> {
+    let done = sqlx::query(
+        "DELETE FROM sessions WHERE id IN (
+             SELECT id FROM sessions
+             WHERE LEAST(expires_at, COALESCE(revoked_at, 'infinity'))
+                   < now() - make_interval(secs => $1)
+             LIMIT $2)",
+    )
+    .bind(retention_secs as f64)
+    .bind(batch)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
 /// True when session `id` of `user_id` exists and is not revoked.
 ///
 /// # Errors

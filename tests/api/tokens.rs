@@ -5,7 +5,9 @@ use realchat_auth::proto::{LogoutRequest, LogoutScope, RefreshRequest, RefreshRe
 use tonic::Code;
 
 use crate::expect_code;
-use crate::helpers::TestApp;
+use std::time::Duration;
+
+use crate::helpers::{TestApp, eventually};
 
 async fn refresh(app: &TestApp, token: &str) -> Result<RefreshResponse, tonic::Status> {
     app.client
@@ -376,5 +378,45 @@ async fn logout_scopes_end_other_sessions_or_all_of_them() {
         Code::InvalidArgument,
     );
     assert_eq!(crate::violated_fields(&status), ["scope"]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn sessions_long_expired_or_revoked_are_purged() {
+    let app = TestApp::spawn_with(|c| c.session_purge_interval_secs = 1).await;
+    let (_, live) = session(&app).await;
+    let login = || app.login("erin@example.com", "erin's password");
+    let (old_expired, old_revoked, just_revoked) = (login().await, login().await, login().await);
+    logout(&app, &just_revoked.refresh_token).await.unwrap();
+    let sid =
+        |token: &str| -> uuid::Uuid { parts(token).1["sid"].as_str().unwrap().parse().unwrap() };
+    for (column, token) in [
+        ("expires_at", &old_expired.refresh_token),
+        ("revoked_at", &old_revoked.refresh_token),
+    ] {
+        sqlx::query(&format!(
+            "UPDATE sessions SET {column} = now() - interval '31 days' WHERE id = $1"
+        ))
+        .bind(sid(token))
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    }
+    let pool = app.pool.clone();
+    let remaining = eventually(Duration::from_secs(15), "the purge", || {
+        let pool = pool.clone();
+        async move {
+            let ids: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM sessions ORDER BY id")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+            (ids.len() == 2).then_some(ids)
+        }
+    })
+    .await;
+    let mut kept = vec![sid(&live), sid(&just_revoked.refresh_token)];
+    kept.sort();
+    assert_eq!(remaining, kept);
+    refresh(&app, &live).await.unwrap();
     app.stop().await;
 }

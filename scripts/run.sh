@@ -22,5 +22,19 @@ wait_port "${AUTH_GRPC_ADDR##*:}" 120 realchat-auth
 relay=$!
 CLEANUP+=("kill $relay 2>/dev/null; wait $relay 2>/dev/null")
 log "Auth server on $AUTH_GRPC_ADDR, relay publishing to $KAFKA_BOOTSTRAP_SERVERS; Ctrl-C stops all"
-# Return when either exits; the trap stops the rest.
-wait -n "$auth" "$relay"
+# Stay up while either runs: stopping the relay alone (to watch rows wait in
+# the outbox, say) leaves the server serving. Say when one exits.
+declare -A name=([$auth]=realchat-auth [$relay]=realchat-relay)
+running=("$auth" "$relay")
+while [ ${#running[@]} -gt 0 ]; do
+    wait -n "${running[@]}" || true
+    alive=()
+    for pid in "${running[@]}"; do
+        if kill -0 "$pid" 2>/dev/null; then
+            alive+=("$pid")
+        else
+            log "${name[$pid]} exited"
+        fi
+    done
+    running=("${alive[@]}")
+done

@@ -79,7 +79,7 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(0..=300))]
     pub token_leeway_secs: u64,
 
-    /// Most connections in the PostgreSQL pool.
+    /// Most connections in the PostgreSQL pool (1..=1000).
     #[arg(long, env = "AUTH_DB_MAX_CONNECTIONS", default_value_t = 10,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub db_max_connections: u32,

@@ -4,6 +4,10 @@ use clap::Parser as _;
 use realchat_auth::config::{Command, Config};
 use realchat_auth::startup::{Application, migrate};
 
+/// `RUST_LOG` when unset: info, less PostgreSQL's notices ("relation
+/// _sqlx_migrations already exists, skipping" at every start).
+const DEFAULT_LOG_FILTER: &str = "info,sqlx::postgres::notice=warn";
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
@@ -21,7 +25,7 @@ async fn main() -> anyhow::Result<()> {
 
 fn init_tracing(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     if format == "json" {
         builder.json().init();

@@ -1,7 +1,7 @@
 //! Builds the application from a [`Config`]: database pool and migrations,
 //! hasher, signing key, and the gRPC server bound to its port, with gRPC
 //! health checking (`grpc.health.v1`, SERVING only while PostgreSQL answers)
-//! and server reflection (`grpc.reflection.v1`) beside `AuthApi`.
+//! and server reflection (`grpc.reflection.v1` and `v1alpha`) beside `AuthApi`.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -155,10 +155,17 @@ impl Application {
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let addr = self.local_addr()?;
         let (reporter, health) = tonic_health::server::health_reporter();
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        // v1 for current grpcurl and Postman; v1alpha for older clients.
+        let reflection_v1 = reflection()
             .build_v1()
+            .context("building the reflection service")?;
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
             .context("building the reflection service")?;
         let watcher = tokio::spawn(watch_database(self.pool.clone(), reporter));
         let http = tokio::spawn(crate::observe::serve(self.http_listener, self.pool.clone()));
@@ -182,7 +189,8 @@ impl Application {
         };
         let serve = tonic::transport::Server::builder()
             .add_service(health)
-            .add_service(reflection)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .add_service(
                 AuthApiServer::new(GrpcApi::new(self.service))
                     .max_decoding_message_size(MAX_REQUEST_BYTES),

@@ -48,22 +48,22 @@ pub struct RelayConfig {
     )]
     pub aggregate_types: Vec<String>,
 
-    /// Partitions of a topic the relay creates.
+    /// Partitions of a topic the relay creates (1..=10000).
     #[arg(long, env = "RELAY_TOPIC_PARTITIONS", default_value_t = 3,
           value_parser = clap::value_parser!(i32).range(1..=10_000))]
     pub topic_partitions: i32,
 
-    /// Replication factor of a topic the relay creates.
+    /// Replication factor of a topic the relay creates (1..=100).
     #[arg(long, env = "RELAY_TOPIC_REPLICATION", default_value_t = 1,
           value_parser = clap::value_parser!(i32).range(1..=100))]
     pub topic_replication: i32,
 
-    /// Most outbox rows claimed and produced per batch.
+    /// Most outbox rows claimed and produced per batch (1..=100000).
     #[arg(long, env = "RELAY_BATCH_SIZE", default_value_t = 500,
           value_parser = clap::value_parser!(i64).range(1..=100_000))]
     pub batch_size: i64,
 
-    /// Poll interval in ms: the fallback when no NOTIFY arrives.
+    /// Poll interval in ms: the fallback when no NOTIFY arrives (1..=3600000).
     #[arg(long, env = "RELAY_POLL_INTERVAL_MS", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub poll_interval_ms: u64,
@@ -91,7 +91,8 @@ pub struct RelayConfig {
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub cleanup_interval_secs: u64,
 
-    /// Rows deleted per clean-up statement (each its own short transaction).
+    /// Rows deleted per clean-up statement, each its own short transaction
+    /// (1..=100000).
     #[arg(long, env = "RELAY_CLEANUP_BATCH", default_value_t = 1000,
           value_parser = clap::value_parser!(i64).range(1..=100_000))]
     pub cleanup_batch: i64,

@@ -29,6 +29,11 @@ pub fn client_config(config: &RelayConfig) -> ClientConfig {
 /// # Errors
 /// When librdkafka refuses the configuration.
 pub fn producer(config: &RelayConfig) -> Result<FutureProducer, KafkaError> {
+    for (key, value) in &config.kafka_config {
+        if key == "enable.idempotence" || key == "acks" {
+            tracing::warn!(%key, %value, "ignored: the relay always uses enable.idempotence=true and acks=all");
+        }
+    }
     let mut client = client_config(config);
     if !config.kafka_config.iter().any(|(k, _)| k == "linger.ms") {
         client.set("linger.ms", "5");

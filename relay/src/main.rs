@@ -3,6 +3,10 @@
 use clap::Parser as _;
 use realchat_relay::RelayConfig;
 
+/// `RUST_LOG` when unset: info, less PostgreSQL's notices ("relation
+/// _sqlx_migrations already exists, skipping" at every start).
+const DEFAULT_LOG_FILTER: &str = "info,sqlx::postgres::notice=warn";
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut config = RelayConfig::parse();
@@ -10,7 +14,7 @@ async fn main() -> anyhow::Result<()> {
         .kafka_config
         .extend(realchat_relay::kafka_settings_from_env(std::env::vars()));
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     tracing_subscriber::fmt().with_env_filter(filter).init();
     realchat_relay::run(config, shutdown_signal()).await
 }

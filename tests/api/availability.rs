@@ -118,6 +118,29 @@ async fn reflection_lists_the_services() {
             "{service} missing from {names:?}"
         );
     }
+
+    // Older clients speak v1alpha.
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient as Alpha;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest as AlphaRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse as AlphaResponse;
+    let request = tonic_reflection::pb::v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(AlphaRequest::ListServices(String::new())),
+    };
+    let mut responses = Alpha::new(app.channel().await)
+        .server_reflection_info(futures::stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.next().await.unwrap().unwrap();
+    let Some(AlphaResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected v1alpha reflection response: {response:?}");
+    };
+    assert!(
+        list.service
+            .iter()
+            .any(|s| s.name == "realchat.auth.v1.AuthApi")
+    );
     app.stop().await;
 }
 

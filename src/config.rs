@@ -49,6 +49,19 @@ pub struct Config {
     #[arg(long, env = "AUTH_SIGNING_KEY_FILE")]
     pub signing_key_file: Option<PathBuf>,
 
+    /// PEM files of keys that verify tokens but do not sign them, comma
+    /// separated: the previous key after a rotation (until the tokens it
+    /// signed expire) and the next one before it. Private (PKCS#8) or public
+    /// (SPKI) Ed25519 keys. All are published in the JWKS.
+    #[arg(long, env = "AUTH_VERIFICATION_KEY_FILES", value_delimiter = ',')]
+    pub verification_key_files: Vec<PathBuf>,
+
+    /// `max-age` of the JWKS document (`/.well-known/jwks.json`), seconds:
+    /// how long verifiers may cache it. Publish a next key at least this long
+    /// before it starts signing.
+    #[arg(long, env = "AUTH_JWKS_MAX_AGE_SECS", default_value_t = 300)]
+    pub jwks_max_age_secs: u32,
+
     /// `iss` claim of issued tokens, required on verification.
     #[arg(long, env = "AUTH_ISSUER", default_value = "realchat-auth")]
     pub issuer: String,

@@ -1,6 +1,9 @@
 //! The server's HTTP port (`AUTH_HTTP_ADDR`): `/healthz`, `/readyz` and
 //! Prometheus `/metrics`.
 //!
+//! - `GET /.well-known/jwks.json`: the public keys that verify tokens, as a
+//!   JWK Set (RFC 7517), with `Cache-Control: public, max-age=…`, so
+//!   gateways and services verify access tokens themselves.
 //! - `GET /healthz`: 200 while the process runs.
 //! - `GET /readyz`: 200 when PostgreSQL answers and every migration of this
 //!   build is applied; 503 otherwise (the body says which).
@@ -14,12 +17,12 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use sqlx::PgPool;
@@ -63,10 +66,20 @@ fn prometheus() -> Option<PrometheusHandle> {
         .clone()
 }
 
+/// The JWKS document and how long it may be cached.
+#[derive(Debug, Clone)]
+pub struct Jwks {
+    /// The JWK Set, serialised.
+    pub document: String,
+    /// `Cache-Control: max-age`, seconds.
+    pub max_age_secs: u32,
+}
+
 #[derive(Clone)]
 struct AppState {
     pool: PgPool,
     metrics: Option<PrometheusHandle>,
+    jwks: Arc<Jwks>,
 }
 
 /// Binds `addr` for the HTTP endpoints; serve with [`serve`].
@@ -81,12 +94,14 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Serves the endpoints on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, pool: PgPool) {
+pub async fn serve(listener: TcpListener, pool: PgPool, jwks: Jwks) {
     let state = AppState {
         pool,
         metrics: prometheus(),
+        jwks: Arc::new(jwks),
     };
     let app = Router::new()
+        .route("/.well-known/jwks.json", get(jwks_document))
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
@@ -97,6 +112,19 @@ pub async fn serve(listener: TcpListener, pool: PgPool) {
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "HTTP server failed");
     }
+}
+
+async fn jwks_document(State(state): State<AppState>) -> impl axum::response::IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "application/jwk-set+json".to_owned()),
+            (
+                header::CACHE_CONTROL,
+                format!("public, max-age={}", state.jwks.max_age_secs),
+            ),
+        ],
+        state.jwks.document.clone(),
+    )
 }
 
 async fn render_metrics(State(state): State<AppState>) -> String {

@@ -19,7 +19,7 @@ use crate::password::{HasherSettings, PasswordHasher};
 use crate::proto::auth_api_server::AuthApiServer;
 use crate::service::AuthService;
 use crate::store;
-use crate::token::{SigningKey, TokenService, TokenSettings};
+use crate::token::{SigningKey, TokenService, TokenSettings, VerificationKey};
 
 /// Largest request message accepted, in bytes; larger ones are refused by
 /// tonic with OUT_OF_RANGE before they are decoded. Real requests are under
@@ -32,6 +32,7 @@ pub struct Application {
     http_listener: TcpListener,
     service: Arc<AuthService>,
     pool: PgPool,
+    jwks: crate::observe::Jwks,
     shutdown_timeout: Duration,
     session_retention_secs: u64,
     session_purge_interval: Duration,
@@ -78,6 +79,15 @@ impl Application {
             }
         };
         tracing::info!(kid = key.kid(), "signing key loaded");
+        let verification_keys = config
+            .verification_key_files
+            .iter()
+            .map(|path| VerificationKey::from_pem_file(path))
+            .collect::<Result<Vec<_>, _>>()
+            .context("AUTH_VERIFICATION_KEY_FILES")?;
+        for k in &verification_keys {
+            tracing::info!(kid = k.kid(), "verification key loaded");
+        }
         let pool = store::connect(
             &config.database_url,
             config.db_max_connections,
@@ -91,8 +101,9 @@ impl Application {
                 .await
                 .context("applying database migrations")?;
         }
-        let tokens = TokenService::new(
+        let tokens = TokenService::with_verification_keys(
             key,
+            verification_keys,
             TokenSettings {
                 issuer: config.issuer.clone(),
                 audience: config.audience.clone(),
@@ -101,6 +112,10 @@ impl Application {
                 leeway_secs: config.token_leeway_secs,
             },
         );
+        let jwks = crate::observe::Jwks {
+            document: tokens.jwks().to_string(),
+            max_age_secs: config.jwks_max_age_secs,
+        };
         let hasher = PasswordHasher::new(HasherSettings {
             cost: config.bcrypt_cost,
             threads: config.bcrypt_threads,
@@ -124,6 +139,7 @@ impl Application {
             http_listener,
             service,
             pool,
+            jwks,
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout_secs),
             session_retention_secs: config.session_retention_secs,
             session_purge_interval: Duration::from_secs(config.session_purge_interval_secs),
@@ -168,7 +184,11 @@ impl Application {
             .build_v1alpha()
             .context("building the reflection service")?;
         let watcher = tokio::spawn(watch_database(self.pool.clone(), reporter));
-        let http = tokio::spawn(crate::observe::serve(self.http_listener, self.pool.clone()));
+        let http = tokio::spawn(crate::observe::serve(
+            self.http_listener,
+            self.pool.clone(),
+            self.jwks,
+        ));
         let purger = tokio::spawn(purge_sessions(
             self.pool.clone(),
             self.session_retention_secs,

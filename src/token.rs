@@ -90,11 +90,90 @@ pub struct Claims {
     pub exp: i64,
 }
 
+/// An Ed25519 public key that verifies tokens, with its `kid`.
+pub struct VerificationKey {
+    kid: String,
+    public: Vec<u8>,
+    decoding: DecodingKey,
+}
+
+/// DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410); the 32-byte key
+/// follows it.
+const ED25519_SPKI_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
+
+impl VerificationKey {
+    fn from_public(public: &[u8]) -> Self {
+        Self {
+            kid: jwk_thumbprint(public),
+            public: public.to_vec(),
+            decoding: DecodingKey::from_ed_der(public),
+        }
+    }
+
+    /// Loads a key that only verifies (a previous or next key during
+    /// rotation) from a PEM file: a PKCS#8 Ed25519 private key (`PRIVATE
+    /// KEY`) or its public key (`PUBLIC KEY`, as `openssl pkey -pubout`
+    /// writes).
+    ///
+    /// # Errors
+    /// [`KeyError::Read`] or [`KeyError::Parse`].
+    pub fn from_pem_file(path: &Path) -> Result<Self, KeyError> {
+        let (pem, parse) = read_pem(path)?;
+        match pem.tag() {
+            "PRIVATE KEY" => Ok(SigningKey::from_pkcs8(pem.contents())
+                .map_err(|e| parse(e.to_string()))?
+                .public),
+            "PUBLIC KEY" => match pem.contents().strip_prefix(&ED25519_SPKI_PREFIX[..]) {
+                Some(public) if public.len() == 32 => Ok(Self::from_public(public)),
+                _ => Err(parse("not an Ed25519 public key".into())),
+            },
+            other => Err(parse(format!(
+                "expected a PRIVATE KEY or PUBLIC KEY block, found {other}"
+            ))),
+        }
+    }
+
+    /// The key id: the RFC 7638 JWK thumbprint (SHA-256, base64url).
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The public key as a JWK (RFC 8037 §2): `kty` OKP, `crv` Ed25519, `x`,
+    /// with `kid`, `alg` EdDSA and `use` sig.
+    pub fn jwk(&self) -> serde_json::Value {
+        serde_json::json!({
+            "kty": "OKP",
+            "crv": "Ed25519",
+            "x": URL_SAFE_NO_PAD.encode(&self.public),
+            "kid": self.kid,
+            "alg": "EdDSA",
+            "use": "sig",
+        })
+    }
+}
+
 /// An Ed25519 signing key with its public half and `kid`.
 pub struct SigningKey {
-    kid: String,
     encoding: EncodingKey,
-    decoding: DecodingKey,
+    public: VerificationKey,
+}
+
+/// Reads a PEM file; returns it and a constructor of parse errors naming
+/// the file.
+fn read_pem(path: &Path) -> Result<(pem::Pem, impl Fn(String) -> KeyError), KeyError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read(path).map_err(|source| KeyError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    let parse = move |reason: String| KeyError::Parse {
+        path: shown.clone(),
+        reason,
+    };
+    let pem = pem::parse(text).map_err(|e| parse(e.to_string()))?;
+    Ok((pem, parse))
 }
 
 impl SigningKey {
@@ -104,16 +183,7 @@ impl SigningKey {
     /// # Errors
     /// [`KeyError::Read`] or [`KeyError::Parse`].
     pub fn from_pem_file(path: &Path) -> Result<Self, KeyError> {
-        let shown = path.display().to_string();
-        let text = std::fs::read(path).map_err(|source| KeyError::Read {
-            path: shown.clone(),
-            source,
-        })?;
-        let parse = |reason: String| KeyError::Parse {
-            path: shown.clone(),
-            reason,
-        };
-        let pem = pem::parse(text).map_err(|e| parse(e.to_string()))?;
+        let (pem, parse) = read_pem(path)?;
         if pem.tag() != "PRIVATE KEY" {
             return Err(parse(format!(
                 "expected a PRIVATE KEY block, found {}",
@@ -136,18 +206,16 @@ impl SigningKey {
 
     fn from_pkcs8(der: &[u8]) -> Result<Self, ring::error::KeyRejected> {
         let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der)?;
-        let public = pair.public_key().as_ref();
         Ok(Self {
-            kid: jwk_thumbprint(public),
             encoding: EncodingKey::from_ed_der(der),
-            decoding: DecodingKey::from_ed_der(public),
+            public: VerificationKey::from_public(pair.public_key().as_ref()),
         })
     }
 
     /// The key id: the RFC 7638 JWK thumbprint (SHA-256, base64url) of the
     /// public key.
     pub fn kid(&self) -> &str {
-        &self.kid
+        &self.public.kid
     }
 }
 
@@ -176,16 +244,30 @@ pub struct TokenSettings {
     pub leeway_secs: u64,
 }
 
-/// Mints and verifies tokens with one signing key.
+/// Mints tokens with the active signing key and verifies them with it or
+/// with any verification-only key (the previous and next keys of a
+/// rotation).
 pub struct TokenService {
     key: SigningKey,
+    verification_only: Vec<VerificationKey>,
     settings: TokenSettings,
     validation: Validation,
 }
 
 impl TokenService {
-    /// A token service signing with `key`.
+    /// A token service signing with `key` and accepting no other key.
     pub fn new(key: SigningKey, settings: TokenSettings) -> Self {
+        Self::with_verification_keys(key, Vec::new(), settings)
+    }
+
+    /// A token service signing with `key` that also accepts tokens signed
+    /// by `verification_only` (keys equal to `key` are dropped).
+    pub fn with_verification_keys(
+        key: SigningKey,
+        mut verification_only: Vec<VerificationKey>,
+        settings: TokenSettings,
+    ) -> Self {
+        verification_only.retain(|k| k.kid != key.public.kid);
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[&settings.issuer]);
         validation.set_audience(&[&settings.audience]);
@@ -194,9 +276,20 @@ impl TokenService {
         validation.validate_exp = true;
         Self {
             key,
+            verification_only,
             settings,
             validation,
         }
+    }
+
+    /// The public keys that verify tokens, the signing key first, as a JWK
+    /// Set (RFC 7517 §5): `{"keys": [...]}`.
+    pub fn jwks(&self) -> serde_json::Value {
+        let keys: Vec<_> = std::iter::once(&self.key.public)
+            .chain(&self.verification_only)
+            .map(VerificationKey::jwk)
+            .collect();
+        serde_json::json!({ "keys": keys })
     }
 
     /// The settings in force.
@@ -229,7 +322,7 @@ impl TokenService {
     pub fn mint(&self, kind: TokenKind, claims: &Claims) -> Result<String, TokenError> {
         let mut header = Header::new(Algorithm::EdDSA);
         header.typ = Some(kind.typ().to_owned());
-        header.kid = Some(self.key.kid.clone());
+        header.kid = Some(self.key.public.kid.clone());
         Ok(jsonwebtoken::encode(&header, claims, &self.key.encoding)?)
     }
 
@@ -252,10 +345,11 @@ impl TokenService {
                 kind.typ()
             )));
         }
-        if header.kid.as_deref() != Some(self.key.kid.as_str()) {
-            return Err(invalid(format!("unknown kid {:?}", header.kid)));
-        }
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key.decoding, &self.validation)
+        let key = std::iter::once(&self.key.public)
+            .chain(&self.verification_only)
+            .find(|k| Some(k.kid.as_str()) == header.kid.as_deref())
+            .ok_or_else(|| invalid(format!("unknown kid {:?}", header.kid)))?;
+        let data = jsonwebtoken::decode::<Claims>(token, &key.decoding, &self.validation)
             .map_err(|e| invalid(e.to_string()))?;
         Ok(data.claims)
     }

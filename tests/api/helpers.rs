@@ -271,3 +271,19 @@ impl DbProxy {
         self.task = Some(Self::serve(listener, self.upstream.clone()));
     }
 }
+
+/// A PKCS#8 Ed25519 key written as PEM, as `openssl genpkey` would.
+pub fn write_key_file() -> (std::path::PathBuf, Vec<u8>) {
+    let rng = ring::rand::SystemRandom::new();
+    let der = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng)
+        .unwrap()
+        .as_ref()
+        .to_vec();
+    let path = std::env::temp_dir().join(format!("rc-test-key-{}.pem", uuid::Uuid::new_v4()));
+    std::fs::write(
+        &path,
+        pem::encode(&pem::Pem::new("PRIVATE KEY", der.clone())),
+    )
+    .unwrap();
+    (path, der)
+}

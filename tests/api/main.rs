@@ -4,6 +4,7 @@
 
 mod availability;
 mod helpers;
+mod jwks;
 mod login;
 mod processes;
 mod profile;

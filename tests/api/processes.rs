@@ -306,6 +306,16 @@ pub async fn insert_events(pool: &PgPool, keys: i64, count: i64) -> Vec<Uuid> {
 
 /// `GET path` over HTTP/1.1 on `addr`; returns the status code and body.
 pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let (status, _, body) = http_get_with_headers(addr, path).await;
+    (status, body)
+}
+
+/// `GET path` over HTTP/1.1 on `addr`; returns the status code, the
+/// headers (names lower-cased) and the body.
+pub async fn http_get_with_headers(
+    addr: &str,
+    path: &str,
+) -> (u16, std::collections::HashMap<String, String>, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
@@ -313,11 +323,14 @@ pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
     let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
 }
 
 /// The value of an unlabelled metric in a Prometheus text exposition.

@@ -7,7 +7,7 @@ use tonic::Code;
 use crate::expect_code;
 use std::time::Duration;
 
-use crate::helpers::{TestApp, eventually};
+use crate::helpers::{TestApp, eventually, write_key_file};
 
 async fn refresh(app: &TestApp, token: &str) -> Result<RefreshResponse, tonic::Status> {
     app.client
@@ -225,22 +225,6 @@ async fn forged_and_misused_tokens_are_unauthenticated() {
     refresh(&app, &refresh_token).await.unwrap();
     assert_eq!(claims["sub"], user_id.to_string());
     app.stop().await;
-}
-
-/// A PKCS#8 Ed25519 key written as PEM, as `openssl genpkey` would.
-fn write_key_file() -> (std::path::PathBuf, Vec<u8>) {
-    let rng = ring::rand::SystemRandom::new();
-    let der = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng)
-        .unwrap()
-        .as_ref()
-        .to_vec();
-    let path = std::env::temp_dir().join(format!("rc-test-key-{}.pem", uuid::Uuid::new_v4()));
-    std::fs::write(
-        &path,
-        pem::encode(&pem::Pem::new("PRIVATE KEY", der.clone())),
-    )
-    .unwrap();
-    (path, der)
 }
 
 #[tokio::test]

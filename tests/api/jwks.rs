@@ -1,0 +1,96 @@
+//! Keys for downstream services: the JWKS endpoint, the verifier library,
+//! and key rotation with verification-only keys.
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use realchat_auth::proto::RefreshRequest;
+use realchat_auth_verifier::Verifier;
+
+use crate::helpers::{TestApp, write_key_file};
+use crate::processes::http_get_with_headers;
+
+/// The JSON of a JWT's header and payload.
+fn parts(token: &str) -> (serde_json::Value, serde_json::Value) {
+    use base64::Engine as _;
+    let mut it = token.split('.').map(|part| {
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(part)
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()
+    });
+    (it.next().unwrap(), it.next().unwrap())
+}
+
+#[tokio::test]
+async fn downstream_services_verify_access_tokens_with_the_jwks() {
+    let (active, _) = write_key_file();
+    let (previous, previous_der) = write_key_file();
+    let app = TestApp::spawn_with(|c| {
+        c.signing_key_file = Some(active.clone());
+        c.verification_key_files = vec![previous.clone()];
+    })
+    .await;
+    let user_id = app.register("dana@example.com", "dana's password").await;
+    let login = app.login("dana@example.com", "dana's password").await;
+
+    let (status, headers, jwks) =
+        http_get_with_headers(&app.http_addr.to_string(), "/.well-known/jwks.json").await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["cache-control"], "public, max-age=300");
+    assert_eq!(headers["content-type"], "application/jwk-set+json");
+    let set: serde_json::Value = serde_json::from_str(&jwks).unwrap();
+    let keys = set["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 2, "the signing key and the previous one");
+    for key in keys {
+        assert_eq!(
+            (key["kty"].as_str(), key["crv"].as_str()),
+            (Some("OKP"), Some("Ed25519"))
+        );
+        assert!(key.get("d").is_none(), "public keys only");
+    }
+    let (header, _) = parts(&login.access_token);
+    assert_eq!(keys[0]["kid"], header["kid"], "the signing key comes first");
+
+    let verifier = Verifier::from_jwks(&jwks, "realchat-auth", "realchat").unwrap();
+    let claims = verifier.verify(&login.access_token).unwrap();
+    assert_eq!(claims.sub, user_id.to_string());
+    assert!(
+        verifier.verify(&login.refresh_token).is_err(),
+        "a refresh token is no access token"
+    );
+    let other_audience = Verifier::from_jwks(&jwks, "realchat-auth", "billing").unwrap();
+    assert!(other_audience.verify(&login.access_token).is_err());
+    let mut forged = login.access_token.clone();
+    forged.replace_range(forged.len() - 4.., "AAAA");
+    assert!(verifier.verify(&forged).is_err());
+
+    // Rotation: tokens signed by the previous key still work, on the server
+    // and downstream, and new tokens come from the active key.
+    let previous_kid = keys[1]["kid"].as_str().unwrap().to_owned();
+    let sign_with_previous = |typ: &str, claims: &serde_json::Value| {
+        let mut h = Header::new(Algorithm::EdDSA);
+        h.typ = Some(typ.into());
+        h.kid = Some(previous_kid.clone());
+        jsonwebtoken::encode(&h, claims, &EncodingKey::from_ed_der(&previous_der)).unwrap()
+    };
+    let old_access = sign_with_previous("at+jwt", &parts(&login.access_token).1);
+    assert_eq!(
+        verifier.verify(&old_access).unwrap().sub,
+        user_id.to_string()
+    );
+    let old_refresh = sign_with_previous("rt+jwt", &parts(&login.refresh_token).1);
+    let rotated = app
+        .client
+        .clone()
+        .refresh(RefreshRequest {
+            refresh_token: old_refresh,
+        })
+        .await
+        .expect("a refresh token signed by the previous key is honoured")
+        .into_inner();
+    assert_eq!(parts(&rotated.refresh_token).0["kid"], header["kid"]);
+
+    app.stop().await;
+    for file in [active, previous] {
+        std::fs::remove_file(file).unwrap();
+    }
+}

@@ -92,6 +92,29 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(0..=300))]
     pub token_leeway_secs: u64,
 
+    /// Failed logins of one account within the window after which further
+    /// attempts get RESOURCE_EXHAUSTED until the window ends.
+    #[arg(long, env = "AUTH_LOGIN_MAX_FAILURES_PER_ACCOUNT", default_value_t = 5,
+          value_parser = clap::value_parser!(i32).range(1..))]
+    pub login_max_failures_per_account: i32,
+
+    /// Failed logins from one client address within the window after which
+    /// its further attempts get RESOURCE_EXHAUSTED until the window ends.
+    #[arg(long, env = "AUTH_LOGIN_MAX_FAILURES_PER_CLIENT", default_value_t = 50,
+          value_parser = clap::value_parser!(i32).range(1..))]
+    pub login_max_failures_per_client: i32,
+
+    /// Length of the login-throttling window, seconds (1..=86400).
+    #[arg(long, env = "AUTH_LOGIN_FAILURE_WINDOW_SECS", default_value_t = 900,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub login_failure_window_secs: u64,
+
+    /// Request header holding the client address (first entry), e.g.
+    /// `x-forwarded-for`, for throttling behind a trusted proxy. Unset: the
+    /// TCP peer address.
+    #[arg(long, env = "AUTH_CLIENT_IP_HEADER")]
+    pub client_ip_header: Option<String>,
+
     /// Most connections in the PostgreSQL pool (1..=1000).
     #[arg(long, env = "AUTH_DB_MAX_CONNECTIONS", default_value_t = 10,
           value_parser = clap::value_parser!(u32).range(1..=1000))]

@@ -22,12 +22,32 @@ use crate::service::{AuthService, LogoutScope, ServiceError, TokenPair};
 /// `AuthApi` over an [`AuthService`].
 pub struct GrpcApi {
     service: Arc<AuthService>,
+    client_ip_header: Option<String>,
 }
 
 impl GrpcApi {
-    /// The gRPC service over `service`.
-    pub fn new(service: Arc<AuthService>) -> Self {
-        Self { service }
+    /// The gRPC service over `service`. Login throttling keys clients by
+    /// the peer address, or by the first address in `client_ip_header`
+    /// (e.g. `x-forwarded-for`) when set: only behind a proxy that sets it.
+    pub fn new(service: Arc<AuthService>, client_ip_header: Option<String>) -> Self {
+        Self {
+            service,
+            client_ip_header,
+        }
+    }
+
+    /// The client address of `request`, for throttling.
+    fn client<T>(&self, request: &Request<T>) -> Option<String> {
+        match &self.client_ip_header {
+            Some(header) => request
+                .metadata()
+                .get(header.as_str())
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(',').next())
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty()),
+            None => request.remote_addr().map(|addr| addr.ip().to_string()),
+        }
     }
 }
 
@@ -54,13 +74,17 @@ impl AuthApi for GrpcApi {
         request: Request<LoginRequest>,
     ) -> Result<Response<LoginResponse>, Status> {
         observed("Login", async {
+            let client = self.client(&request);
             let LoginRequest { email, password } = request.into_inner();
             let TokenPair {
                 access_token,
                 refresh_token,
                 access_expires_in,
                 refresh_expires_in,
-            } = self.service.login(&email, &password).await?;
+            } = self
+                .service
+                .login(&email, &password, client.as_deref())
+                .await?;
             Ok(LoginResponse {
                 access_token,
                 refresh_token,
@@ -170,6 +194,11 @@ pub fn to_status(error: ServiceError) -> Status {
             Status::unauthenticated("invalid refresh token")
         }
         ServiceError::Busy => Status::resource_exhausted("server busy, retry later"),
+        ServiceError::Throttled { retry_after } => Status::with_error_details(
+            Code::ResourceExhausted,
+            "too many failed logins, retry later",
+            ErrorDetails::with_retry_info(Some(retry_after)),
+        ),
         ServiceError::Unavailable(e) => {
             tracing::warn!(error = %e, "database unavailable");
             Status::unavailable("service temporarily unavailable, retry later")

@@ -11,6 +11,7 @@ use crate::domain::{
 };
 use crate::password::{HashError, PasswordHasher};
 use crate::store::sessions::RevokeReason;
+use crate::store::throttle;
 use crate::store::{self, StoreError};
 use crate::token::{TokenError, TokenKind, TokenService};
 
@@ -31,6 +32,13 @@ pub enum ServiceError {
     /// session revoked. The detail is for logs only.
     #[error("invalid refresh token: {0}")]
     InvalidToken(String),
+    /// RESOURCE_EXHAUSTED with `google.rpc.RetryInfo`: too many failed
+    /// logins for the account or the client within the window.
+    #[error("too many failed logins")]
+    Throttled {
+        /// When the block ends.
+        retry_after: std::time::Duration,
+    },
     /// RESOURCE_EXHAUSTED: the bcrypt queue is full.
     #[error("password hashing queue is full")]
     Busy,
@@ -108,6 +116,8 @@ pub struct AuthService {
     /// How long a just-retired refresh token still yields the session's
     /// current token instead of revoking the session.
     reuse_grace: chrono::Duration,
+    /// Login throttling limits.
+    throttle: throttle::Limits,
 }
 
 impl AuthService {
@@ -118,12 +128,14 @@ impl AuthService {
         hasher: PasswordHasher,
         tokens: TokenService,
         reuse_grace_secs: i64,
+        throttle: throttle::Limits,
     ) -> Self {
         Self {
             pool,
             hasher,
             tokens,
             reuse_grace: chrono::Duration::seconds(reuse_grace_secs),
+            throttle,
         }
     }
 
@@ -193,7 +205,12 @@ impl AuthService {
     /// `InvalidArgument` (NUL or control characters), `InvalidCredentials`,
     /// `Busy`, `Unavailable`, `Internal`.
     #[tracing::instrument(skip_all)]
-    pub async fn login(&self, email: &str, password: &str) -> Result<TokenPair, ServiceError> {
+    pub async fn login(
+        &self,
+        email: &str,
+        password: &str,
+        client: Option<&str>,
+    ) -> Result<TokenPair, ServiceError> {
         let password = PasswordAttempt::parse(password)
             .map_err(|e| ServiceError::InvalidArgument(vec![password_violation(e)]))?;
         let email = match Email::parse(email) {
@@ -207,12 +224,22 @@ impl AuthService {
             // as an unknown user.
             Err(_) => None,
         };
-        let credentials = match &email {
-            Some(email) => {
-                let mut conn = self.pool.acquire().await?;
-                store::users::find_credentials(&mut conn, email).await?
+        // Unknown accounts are counted too, so throttling reveals nothing.
+        let account = email.as_ref().map(Email::as_str);
+        let credentials = {
+            let mut conn = self.pool.acquire().await?;
+            if let Some(secs) =
+                store::throttle::blocked_for(&mut conn, account, client, self.throttle).await?
+            {
+                // Refused before bcrypt: a blocked guesser costs a query.
+                return Err(ServiceError::Throttled {
+                    retry_after: std::time::Duration::from_secs_f64(secs.ceil()),
+                });
             }
-            None => None,
+            match &email {
+                Some(email) => store::users::find_credentials(&mut conn, email).await?,
+                None => None,
+            }
         };
         let (user_id, stored) = match credentials {
             Some(c) => (Some(c.id), Some(c.password_hash)),
@@ -221,8 +248,16 @@ impl AuthService {
         let verified = self.hasher.verify(password, stored).await?;
         let user_id = match (verified.matched, user_id) {
             (true, Some(user_id)) => user_id,
-            _ => return Err(ServiceError::InvalidCredentials),
+            _ => {
+                let mut conn = self.pool.acquire().await?;
+                store::throttle::record_failure(&mut conn, account, client, self.throttle).await?;
+                return Err(ServiceError::InvalidCredentials);
+            }
         };
+        if let Some(account) = account {
+            let mut conn = self.pool.acquire().await?;
+            store::throttle::reset_account(&mut conn, account).await?;
+        }
         if let Some(new_hash) = verified.upgraded_hash {
             // The cost was raised since this hash was made: store the
             // stronger one. A failure here must not fail the login.

@@ -31,6 +31,7 @@ pub struct Application {
     listener: TcpListener,
     http_listener: TcpListener,
     service: Arc<AuthService>,
+    client_ip_header: Option<String>,
     pool: PgPool,
     jwks: crate::observe::Jwks,
     shutdown_timeout: Duration,
@@ -127,6 +128,11 @@ impl Application {
             hasher,
             tokens,
             config.refresh_reuse_grace_secs,
+            store::throttle::Limits {
+                per_account: config.login_max_failures_per_account,
+                per_client: config.login_max_failures_per_client,
+                window_secs: config.login_failure_window_secs,
+            },
         ));
         let listener = TcpListener::bind(config.grpc_addr)
             .await
@@ -138,6 +144,7 @@ impl Application {
             listener,
             http_listener,
             service,
+            client_ip_header: config.client_ip_header.clone(),
             pool,
             jwks,
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout_secs),
@@ -212,7 +219,7 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(
-                AuthApiServer::new(GrpcApi::new(self.service))
+                AuthApiServer::new(GrpcApi::new(self.service, self.client_ip_header))
                     .max_decoding_message_size(MAX_REQUEST_BYTES),
             )
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown);

@@ -4,6 +4,7 @@
 
 pub mod outbox;
 pub mod sessions;
+pub mod throttle;
 pub mod users;
 
 use std::time::Duration;

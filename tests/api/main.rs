@@ -12,6 +12,7 @@ mod register;
 mod relay;
 mod relay_faults;
 mod server_process;
+mod throttle;
 mod tokens;
 mod wire;
 

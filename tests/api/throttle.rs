@@ -1,0 +1,161 @@
+//! Login throttling per account and per client, shared by replicas through
+//! PostgreSQL, with google.rpc.RetryInfo in the refusal.
+
+use std::time::Duration;
+
+use realchat_auth::proto::LoginRequest;
+use realchat_auth::proto::auth_api_client::AuthApiClient;
+use tonic::transport::Channel;
+use tonic::{Code, Request};
+use tonic_types::StatusExt as _;
+
+use crate::expect_code;
+use crate::helpers::{TestApp, create_database, eventually, test_config};
+
+async fn login(
+    client: &mut AuthApiClient<Channel>,
+    email: &str,
+    password: &str,
+    from: Option<&str>,
+) -> Result<(), tonic::Status> {
+    let mut request = Request::new(LoginRequest {
+        email: email.into(),
+        password: password.into(),
+    });
+    if let Some(address) = from {
+        request
+            .metadata_mut()
+            .insert("x-forwarded-for", address.parse().unwrap());
+    }
+    client.login(request).await.map(|_| ())
+}
+
+/// Asserts a throttling refusal and returns its retry delay.
+#[track_caller]
+fn throttled(result: Result<(), tonic::Status>) -> Duration {
+    let status = expect_code(result, Code::ResourceExhausted);
+    assert_eq!(status.message(), "too many failed logins, retry later");
+    status
+        .get_error_details()
+        .retry_info()
+        .and_then(|info| info.retry_delay)
+        .expect("google.rpc.RetryInfo with a delay")
+}
+
+#[tokio::test]
+async fn an_account_is_blocked_after_failures_and_a_success_resets_it() {
+    let database_url = create_database().await;
+    let mut config = test_config(&database_url);
+    config.login_max_failures_per_account = 3;
+    let app = TestApp::start(config.clone(), database_url.clone()).await;
+    let mut client = app.client.clone();
+    app.register("ivy@example.com", "ivy's password").await;
+
+    for _ in 0..2 {
+        expect_code(
+            login(&mut client, "ivy@example.com", "wrong guess", None).await,
+            Code::Unauthenticated,
+        );
+    }
+    // A success resets the account's count ...
+    login(&mut client, "IVY@example.com", "ivy's password", None)
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        expect_code(
+            login(&mut client, "ivy@example.com", "wrong guess", None).await,
+            Code::Unauthenticated,
+        );
+    }
+    login(&mut client, "ivy@example.com", "ivy's password", None)
+        .await
+        .unwrap();
+    // ... and three failures in a row block it, the right password too.
+    for _ in 0..3 {
+        expect_code(
+            login(&mut client, "ivy@example.com", "wrong guess", None).await,
+            Code::Unauthenticated,
+        );
+    }
+    let delay = throttled(login(&mut client, "ivy@example.com", "ivy's password", None).await);
+    assert!(
+        delay > Duration::ZERO && delay <= Duration::from_secs(900),
+        "{delay:?}"
+    );
+    // Unknown accounts are counted alike, so the block reveals nothing.
+    for _ in 0..3 {
+        expect_code(
+            login(&mut client, "nobody@example.com", "any guess", None).await,
+            Code::Unauthenticated,
+        );
+    }
+    throttled(login(&mut client, "nobody@example.com", "any guess", None).await);
+
+    // Another replica on the same database agrees.
+    let replica = TestApp::start(config, database_url).await;
+    let mut other = replica.client.clone();
+    throttled(login(&mut other, "ivy@example.com", "ivy's password", None).await);
+    replica.stop().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_is_blocked_across_accounts_by_its_forwarded_address() {
+    let app = TestApp::spawn_with(|c| {
+        c.login_max_failures_per_client = 3;
+        c.client_ip_header = Some("x-forwarded-for".into());
+    })
+    .await;
+    let mut client = app.client.clone();
+    app.register("jo@example.com", "jo's password").await;
+    let guesser = Some("203.0.113.7, 10.0.0.1");
+    for i in 0..3 {
+        let result = login(
+            &mut client,
+            &format!("victim{i}@example.com"),
+            "guess",
+            guesser,
+        )
+        .await;
+        expect_code(result, Code::Unauthenticated);
+    }
+    throttled(login(&mut client, "jo@example.com", "jo's password", guesser).await);
+    // Another client is not.
+    login(
+        &mut client,
+        "jo@example.com",
+        "jo's password",
+        Some("203.0.113.8"),
+    )
+    .await
+    .unwrap();
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_block_ends_with_its_window() {
+    let app = TestApp::spawn_with(|c| {
+        c.login_max_failures_per_account = 2;
+        c.login_failure_window_secs = 1;
+    })
+    .await;
+    let mut client = app.client.clone();
+    app.register("kai@example.com", "kai's password").await;
+    for _ in 0..2 {
+        expect_code(
+            login(&mut client, "kai@example.com", "wrong guess", None).await,
+            Code::Unauthenticated,
+        );
+    }
+    throttled(login(&mut client, "kai@example.com", "kai's password", None).await);
+    eventually(Duration::from_secs(10), "the window to end", || {
+        let mut client = client.clone();
+        async move {
+            login(&mut client, "kai@example.com", "kai's password", None)
+                .await
+                .ok()
+        }
+    })
+    .await;
+    app.stop().await;
+}

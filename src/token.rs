@@ -274,6 +274,7 @@ impl TokenService {
         validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
         validation.leeway = settings.leeway_secs;
         validation.validate_exp = true;
+        validation.validate_nbf = true;
         Self {
             key,
             verification_only,
@@ -426,6 +427,30 @@ mod tests {
             jwk_thumbprint(&x),
             "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
         );
+    }
+
+    #[test]
+    fn iat_slightly_ahead_is_accepted_and_nbf_ahead_is_not() {
+        // Replicas' clocks differ a little: a token "issued" 20 s from now
+        // by a fast clock still verifies (RFC 8725 leaves iat to policy).
+        let tokens = service();
+        let ahead = tokens.claims(
+            TokenKind::Access,
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            now() + 20,
+        );
+        let token = tokens.mint(TokenKind::Access, &ahead).unwrap();
+        assert!(tokens.verify(TokenKind::Access, &token).is_ok());
+        // A token that says it is not valid yet is refused.
+        let mut claims = serde_json::to_value(&ahead).unwrap();
+        claims["nbf"] = (now() + 3600).into();
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.typ = Some("at+jwt".into());
+        header.kid = Some(tokens.key.kid().to_owned());
+        let early = jsonwebtoken::encode(&header, &claims, &tokens.key.encoding).unwrap();
+        assert!(tokens.verify(TokenKind::Access, &early).is_err());
     }
 
     #[test]

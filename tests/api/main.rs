@@ -3,6 +3,7 @@
 //! run in parallel. One test binary keeps link time down.
 
 mod availability;
+mod bad_input;
 mod helpers;
 mod jwks;
 mod login;

@@ -47,10 +47,13 @@ impl Decoder for IgnoreDecoder {
     }
 }
 
-async fn send_raw(app: &TestApp, body: Vec<u8>) -> Result<(), tonic::Status> {
+/// Sends `body` as the raw message of `method` (`Register`, `Login`, …).
+pub async fn send_raw(app: &TestApp, method: &str, body: Vec<u8>) -> Result<(), tonic::Status> {
     let mut grpc = tonic::client::Grpc::new(app.channel().await);
     grpc.ready().await.unwrap();
-    let path = http::uri::PathAndQuery::from_static("/realchat.auth.v1.AuthApi/Register");
+    let path: http::uri::PathAndQuery = format!("/realchat.auth.v1.AuthApi/{method}")
+        .parse()
+        .unwrap();
     grpc.unary(tonic::Request::new(body), path, RawCodec)
         .await
         .map(|_| ())
@@ -70,7 +73,10 @@ async fn malformed_protobuf_is_invalid_argument_not_internal() {
         ("field zero", vec![0x02, 0x00]),
     ];
     for (name, body) in cases {
-        let status = expect_code(send_raw(&app, body).await, Code::InvalidArgument);
+        let status = expect_code(
+            send_raw(&app, "Register", body).await,
+            Code::InvalidArgument,
+        );
         assert!(
             status.message().starts_with("malformed message"),
             "{name}: {status:?}"

@@ -1,0 +1,601 @@
+//! The bad-input suite: hundreds of malformed or hostile requests against a
+//! running server, one table row each, every one answered with the expected
+//! status — never INTERNAL — and the server healthy afterwards.
+//!
+//! A new case is one more row in `cases()`.
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use realchat_auth::proto::{LoginRequest, LogoutRequest, RefreshRequest, RegisterRequest};
+use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+use unicode_normalization::UnicodeNormalization as _;
+
+use crate::helpers::{TestApp, write_key_file};
+
+/// One request of the table.
+#[derive(Clone)]
+enum Call {
+    Register(String, String),
+    Login(String, String),
+    Refresh(String),
+    Logout(String),
+    /// A raw protobuf body for the method (`Register`, `Login`, …).
+    Raw(&'static str, Vec<u8>),
+}
+
+struct Case {
+    name: String,
+    call: Call,
+    expect: Code,
+}
+
+fn case(name: impl Into<String>, call: Call, expect: Code) -> Case {
+    Case {
+        name: name.into(),
+        call,
+        expect,
+    }
+}
+
+fn register(email: impl Into<String>, password: impl Into<String>) -> Call {
+    Call::Register(email.into(), password.into())
+}
+
+fn login(email: impl Into<String>, password: impl Into<String>) -> Call {
+    Call::Login(email.into(), password.into())
+}
+
+/// Tokens for the token rows: (name, token), all to be refused.
+struct Tokens {
+    bad: Vec<(String, String)>,
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn payload(token: &str) -> serde_json::Value {
+    use base64::Engine as _;
+    let part = token.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// Forged, truncated, re-signed, expired, not-yet-valid, wrong-typ,
+/// wrong-aud, alg-none and unknown-kid variants of a real refresh token,
+/// signed where it matters with the server's own key.
+fn bad_tokens(refresh: &str, access: &str, kid: &str, our_key: &[u8]) -> Tokens {
+    let claims = payload(refresh);
+    let now = chrono::Utc::now().timestamp();
+    let ours = EncodingKey::from_ed_der(our_key);
+    let rng = ring::rand::SystemRandom::new();
+    let theirs_der = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+    let theirs = EncodingKey::from_ed_der(theirs_der.as_ref());
+    let sign = |alg: Algorithm,
+                typ: Option<&str>,
+                kid: Option<&str>,
+                key: &EncodingKey,
+                edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut c = claims.clone();
+        edit(&mut c);
+        let mut h = Header::new(alg);
+        h.typ = typ.map(str::to_owned);
+        h.kid = kid.map(str::to_owned);
+        jsonwebtoken::encode(&h, &c, key).unwrap()
+    };
+    let rt = Some("rt+jwt");
+    let k = Some(kid);
+    let same = |_: &mut serde_json::Value| {};
+    let mut bad = vec![
+        (
+            "re-signed with another key".into(),
+            sign(Algorithm::EdDSA, rt, k, &theirs, &same),
+        ),
+        (
+            "unknown kid".into(),
+            sign(Algorithm::EdDSA, rt, Some("no-such-kid"), &ours, &same),
+        ),
+        (
+            "no kid".into(),
+            sign(Algorithm::EdDSA, rt, None, &ours, &same),
+        ),
+        (
+            "typ JWT".into(),
+            sign(Algorithm::EdDSA, Some("JWT"), k, &ours, &same),
+        ),
+        (
+            "typ at+jwt".into(),
+            sign(Algorithm::EdDSA, Some("at+jwt"), k, &ours, &same),
+        ),
+        (
+            "no typ".into(),
+            sign(Algorithm::EdDSA, None, k, &ours, &same),
+        ),
+        (
+            "HS256 with the kid".into(),
+            sign(
+                Algorithm::HS256,
+                rt,
+                k,
+                &EncodingKey::from_secret(b"k"),
+                &same,
+            ),
+        ),
+        (
+            "expired".into(),
+            sign(Algorithm::EdDSA, rt, k, &ours, &|c| {
+                c["iat"] = (now - 7200).into();
+                c["exp"] = (now - 3600).into();
+            }),
+        ),
+        (
+            "not yet valid".into(),
+            sign(Algorithm::EdDSA, rt, k, &ours, &|c| {
+                c["nbf"] = (now + 3600).into()
+            }),
+        ),
+        (
+            "wrong aud".into(),
+            sign(Algorithm::EdDSA, rt, k, &ours, &|c| {
+                c["aud"] = "other".into()
+            }),
+        ),
+        (
+            "aud list".into(),
+            sign(Algorithm::EdDSA, rt, k, &ours, &|c| {
+                c["aud"] = serde_json::json!(["realchat"])
+            }),
+        ),
+        (
+            "no aud".into(),
+            sign(Algorithm::EdDSA, rt, k, &ours, &|c| {
+                c.as_object_mut().unwrap().remove("aud");
+            }),
+        ),
+        (
+            "wrong iss".into(),
+            sign(Algorithm::EdDSA, rt, k, &ours, &|c| {
+                c["iss"] = "evil".into()
+            }),
+        ),
+        (
+            "no exp".into(),
+            sign(Algorithm::EdDSA, rt, k, &ours, &|c| {
+                c.as_object_mut().unwrap().remove("exp");
+            }),
+        ),
+        (
+            "no sub".into(),
+            sign(Algorithm::EdDSA, rt, k, &ours, &|c| {
+                c.as_object_mut().unwrap().remove("sub");
+            }),
+        ),
+        (
+            "sub not a uuid".into(),
+            sign(Algorithm::EdDSA, rt, k, &ours, &|c| {
+                c["sub"] = "admin".into()
+            }),
+        ),
+        (
+            "exp as string".into(),
+            sign(Algorithm::EdDSA, rt, k, &ours, &|c| {
+                c["exp"] = "never".into()
+            }),
+        ),
+        (
+            "unknown session".into(),
+            sign(Algorithm::EdDSA, rt, k, &ours, &|c| {
+                c["sid"] = uuid::Uuid::new_v4().to_string().into();
+            }),
+        ),
+        (
+            "another user's sub".into(),
+            sign(Algorithm::EdDSA, rt, k, &ours, &|c| {
+                c["sub"] = uuid::Uuid::new_v4().to_string().into();
+            }),
+        ),
+        ("access token".into(), access.to_owned()),
+        ("garbage".into(), "garbage".into()),
+        ("three dots".into(), "...".into()),
+        ("whitespace".into(), "   ".into()),
+        ("NUL".into(), "\0".into()),
+        ("huge".into(), "a".repeat(60_000)),
+    ];
+    let header = refresh.split('.').next().unwrap();
+    let sig = refresh.rsplit('.').next().unwrap();
+    let alg_none = format!(
+        "{}.{}.",
+        b64(br#"{"alg":"none","typ":"rt+jwt"}"#),
+        b64(&serde_json::to_vec(&claims).unwrap())
+    );
+    let mut changed = claims.clone();
+    changed["exp"] = (now + 10 * 365 * 86_400).into();
+    bad.extend([
+        ("alg none".into(), alg_none.clone()),
+        (
+            "alg none, no dot".into(),
+            alg_none.trim_end_matches('.').to_owned(),
+        ),
+        (
+            "alg None".into(),
+            alg_none.replace(
+                &b64(br#"{"alg":"none","typ":"rt+jwt"}"#),
+                &b64(br#"{"alg":"None","typ":"rt+jwt"}"#),
+            ),
+        ),
+        (
+            "changed payload".into(),
+            format!(
+                "{header}.{}.{sig}",
+                b64(&serde_json::to_vec(&changed).unwrap())
+            ),
+        ),
+        (
+            "no signature".into(),
+            format!("{header}.{}.", refresh.split('.').nth(1).unwrap()),
+        ),
+        (
+            "truncated by 1".into(),
+            refresh[..refresh.len() - 1].to_owned(),
+        ),
+        ("truncated to the header".into(), header.to_owned()),
+        ("extra segment".into(), format!("{refresh}.x")),
+        (
+            "signature flipped".into(),
+            format!(
+                "{}{}",
+                &refresh[..refresh.len() - 2],
+                if refresh.ends_with("AA") { "BB" } else { "AA" }
+            ),
+        ),
+        ("bearer prefix".into(), format!("Bearer {refresh}")),
+        ("trailing newline".into(), format!("{refresh}\n")),
+        ("invalid base64".into(), format!("{header}.!!!.{sig}")),
+    ]);
+    Tokens { bad }
+}
+
+fn cases(tokens: &Tokens) -> Vec<Case> {
+    use Code::*;
+    let mut rows = Vec::new();
+    // Control characters, in every string field of Register and Login.
+    let controls = [
+        '\0', '\u{1}', '\u{7}', '\u{8}', '\t', '\n', '\u{b}', '\u{c}', '\r', '\u{1b}', '\u{1f}',
+        '\u{7f}', '\u{80}', '\u{85}', '\u{9f}',
+    ];
+    for c in controls {
+        let n = c as u32;
+        rows.push(case(
+            format!("register email U+{n:04X}"),
+            register(format!("a{c}b@example.com"), "a good password"),
+            InvalidArgument,
+        ));
+        rows.push(case(
+            format!("register password U+{n:04X}"),
+            register("ok@example.com", format!("good{c}password")),
+            InvalidArgument,
+        ));
+        rows.push(case(
+            format!("login email U+{n:04X}"),
+            login(format!("a{c}b@example.com"), "a good password"),
+            InvalidArgument,
+        ));
+        rows.push(case(
+            format!("login password U+{n:04X}"),
+            login("ok@example.com", format!("good{c}password")),
+            InvalidArgument,
+        ));
+    }
+    // Invisible format characters in emails.
+    for c in [
+        '\u{200b}', '\u{200c}', '\u{200d}', '\u{ad}', '\u{feff}', '\u{202e}', '\u{2066}',
+    ] {
+        rows.push(case(
+            format!("register email format U+{:04X}", c as u32),
+            register(format!("in{c}visible@example.com"), "a good password"),
+            InvalidArgument,
+        ));
+    }
+    // Empty, whitespace-only and malformed emails.
+    for email in [
+        "",
+        " ",
+        "\u{a0}",
+        "\u{3000}",
+        "\u{2003}",
+        "@",
+        "a@",
+        "@b.c",
+        "a@b",
+        "a b@c.d",
+        "a@b..c",
+        "a@-b.c",
+        ".a@b.c",
+        "a.@b.c",
+        "a..b@c.d",
+        "<a@b.c>",
+        "a@b.c>",
+        "Eve <e@b.c>",
+        "\"q\"@b.c",
+        "a@[1.2.3.4]",
+        "a@localhost",
+        "a@b@c.d",
+        "a(comment)@b.c",
+    ] {
+        rows.push(case(
+            format!("register email {email:?}"),
+            register(email, "a good password"),
+            InvalidArgument,
+        ));
+    }
+    // Empty, whitespace-only, short, common and overlong passwords.
+    for (name, password) in [
+        ("empty", String::new()),
+        ("7 chars", "seven77".into()),
+        ("7 multibyte chars", "ééééééé".into()),
+        ("common", "password".into()),
+        ("common, other case", "PassWord1".into()),
+        ("the email", "newbie@example.com".into()),
+        ("the email's local part", "NEWBIE".into()),
+        ("73 ASCII bytes", "A".repeat(73)),
+        ("73 bytes, 2-byte chars", format!("{}x", "é".repeat(36))),
+        ("74 bytes, 3-byte chars", format!("{}xx", "€".repeat(24))),
+        ("73 bytes, 4-byte chars", format!("{}x", "😀".repeat(18))),
+        ("75 bytes of euro", "€".repeat(25)),
+        ("73 bytes after NFKC", "\u{fdfa}".repeat(4)),
+        ("2 KiB", "p".repeat(2048)),
+        ("60 KiB", "p".repeat(60_000)),
+    ] {
+        rows.push(case(
+            format!("register password {name}"),
+            register("newbie@example.com", password),
+            InvalidArgument,
+        ));
+    }
+    // Oversized messages.
+    rows.push(case(
+        "register 70 KiB email",
+        register("e".repeat(70_000), "a good password"),
+        OutOfRange,
+    ));
+    rows.push(case(
+        "login 1 MiB password",
+        login("a@example.com", "p".repeat(1 << 20)),
+        OutOfRange,
+    ));
+    rows.push(case(
+        "refresh 100 KiB token",
+        Call::Refresh("t".repeat(100_000)),
+        OutOfRange,
+    ));
+    // Passwords at the limit: 71 and 72 bytes accepted, in 1- to 4-byte characters.
+    for (name, password) in [
+        ("71 ASCII", "A".repeat(71)),
+        ("72 ASCII", "B".repeat(72)),
+        ("72 bytes of 2-byte", "é".repeat(36)),
+        ("71 bytes mixed", format!("{}x", "é".repeat(35))),
+        ("72 bytes of 3-byte", "€".repeat(24)),
+        (
+            "71 bytes of 3-byte and ASCII",
+            format!("{}xx", "€".repeat(23)),
+        ),
+        ("72 bytes of 4-byte", "😀".repeat(18)),
+        (
+            "71 bytes of 4-byte and ASCII",
+            format!("{}xxx", "😀".repeat(17)),
+        ),
+    ] {
+        let email = format!("limit-{}@example.com", name.replace(' ', "-"));
+        rows.push(case(
+            format!("register password {name}"),
+            register(&email, password.clone()),
+            Ok,
+        ));
+        rows.push(case(
+            format!("login password {name}"),
+            login(email, password),
+            Ok,
+        ));
+    }
+    // One address in every Unicode normalisation form and case: one account.
+    let base = "Ａmélie.Ωmega@Exämple.com";
+    for (i, (form, email)) in [
+        ("as typed", base.to_owned()),
+        ("NFC", base.nfc().collect::<String>()),
+        ("NFD", base.nfd().collect()),
+        ("NFKC", base.nfkc().collect()),
+        ("NFKD", base.nfkd().collect()),
+        ("upper", base.to_uppercase()),
+        ("lower NFD", base.to_lowercase().nfd().collect()),
+        ("padded", format!("  {base}\u{a0}")),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let expect = if i == 0 { Ok } else { AlreadyExists };
+        rows.push(case(
+            format!("register {form} form"),
+            register(email.clone(), "a unicode password"),
+            expect,
+        ));
+        rows.push(case(
+            format!("login {form} form"),
+            login(email, "a unicode password"),
+            Ok,
+        ));
+    }
+    // Wrong credentials and impossible emails: one answer.
+    for email in [
+        "nobody@example.com",
+        "not an email",
+        "",
+        "a@localhost",
+        &"x".repeat(300),
+    ] {
+        rows.push(case(
+            format!("login unknown {:.20?}", email),
+            login(email, "whatever it is"),
+            Unauthenticated,
+        ));
+    }
+    rows.push(case(
+        "login wrong password",
+        login("newbie@example.com", "wrong password"),
+        Unauthenticated,
+    ));
+    rows.push(case(
+        "login empty password",
+        login("newbie@example.com", ""),
+        Unauthenticated,
+    ));
+    // Every bad token, on Refresh and on Logout.
+    for (name, token) in &tokens.bad {
+        rows.push(case(
+            format!("refresh {name}"),
+            Call::Refresh(token.clone()),
+            Unauthenticated,
+        ));
+        // Logout is idempotent: an authentic token (only we can sign one)
+        // for a session that is not there has nothing left to end.
+        let logout = if name == "unknown session" || name == "another user's sub" {
+            Ok
+        } else {
+            Unauthenticated
+        };
+        rows.push(case(
+            format!("logout {name}"),
+            Call::Logout(token.clone()),
+            logout,
+        ));
+    }
+    rows.push(case(
+        "refresh empty",
+        Call::Refresh(String::new()),
+        InvalidArgument,
+    ));
+    rows.push(case(
+        "logout empty",
+        Call::Logout(String::new()),
+        InvalidArgument,
+    ));
+    // Raw frames: invalid UTF-8, truncation, wrong wire types, bad tags.
+    for method in ["Register", "Login", "Refresh", "Logout"] {
+        for (name, body) in [
+            ("invalid UTF-8 in field 1", vec![0x0a, 0x02, 0xff, 0xfe]),
+            (
+                "lone surrogate in field 1",
+                vec![0x0a, 0x03, 0xed, 0xa0, 0x80],
+            ),
+            ("overlong encoding in field 1", vec![0x0a, 0x02, 0xc0, 0xaf]),
+            ("truncated length", vec![0x0a, 0x0a, b'a']),
+            ("varint for a string", vec![0x08, 0x01]),
+            ("field number 0", vec![0x02, 0x00]),
+            ("unterminated varint", vec![0x0a, 0xff, 0xff, 0xff]),
+            ("group wire type", vec![0x0b]),
+        ] {
+            rows.push(case(
+                format!("raw {method} {name}"),
+                Call::Raw(method, body),
+                InvalidArgument,
+            ));
+        }
+    }
+    rows
+}
+
+#[tokio::test]
+async fn hundreds_of_hostile_requests_get_their_status_and_never_internal() {
+    let (key_file, der) = write_key_file();
+    let app = TestApp::spawn_with(|c| {
+        c.signing_key_file = Some(key_file.clone());
+        c.login_max_failures_per_client = 100_000;
+        c.login_max_failures_per_account = 100_000;
+    })
+    .await;
+    app.register("newbie@example.com", "newbie's password")
+        .await;
+    let tokens = app.login("newbie@example.com", "newbie's password").await;
+    let kid = {
+        use base64::Engine as _;
+        let header = tokens.refresh_token.split('.').next().unwrap();
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(header)
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()["kid"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let bad = bad_tokens(&tokens.refresh_token, &tokens.access_token, &kid, &der);
+    let cases = cases(&bad);
+    assert!(cases.len() >= 200, "only {} cases", cases.len());
+
+    let mut client = app.client.clone();
+    let mut failures = Vec::new();
+    for case in &cases {
+        let result = match case.call.clone() {
+            Call::Register(email, password) => client
+                .register(RegisterRequest { email, password })
+                .await
+                .map(|_| ()),
+            Call::Login(email, password) => client
+                .login(LoginRequest { email, password })
+                .await
+                .map(|_| ()),
+            Call::Refresh(refresh_token) => client
+                .refresh(RefreshRequest { refresh_token })
+                .await
+                .map(|_| ()),
+            Call::Logout(refresh_token) => client
+                .logout(LogoutRequest {
+                    refresh_token,
+                    scope: 0,
+                })
+                .await
+                .map(|_| ()),
+            Call::Raw(method, body) => crate::wire::send_raw(&app, method, body).await,
+        };
+        let code = result.as_ref().err().map_or(Code::Ok, tonic::Status::code);
+        if code != case.expect {
+            failures.push(format!(
+                "{}: expected {:?}, got {:?}",
+                case.name,
+                case.expect,
+                result.as_ref().err()
+            ));
+        }
+        if let Err(status) = &result {
+            assert_ne!(status.code(), Code::Internal, "{}: INTERNAL", case.name);
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+
+    // Healthy afterwards: SERVING, and the real session still works.
+    let status = HealthClient::new(app.channel().await)
+        .check(HealthCheckRequest {
+            service: "realchat.auth.v1.AuthApi".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(status, tonic_health::ServingStatus::Serving as i32);
+    client
+        .refresh(RefreshRequest {
+            refresh_token: tokens.refresh_token.clone(),
+        })
+        .await
+        .expect("the real refresh token still works");
+    app.stop().await;
+    std::fs::remove_file(key_file).unwrap();
+}

@@ -44,8 +44,9 @@ pub struct Config {
     #[arg(long, env = "AUTH_BCRYPT_QUEUE", default_value_t = 256)]
     pub bcrypt_queue: usize,
 
-    /// PEM file with the PKCS#8 Ed25519 private key that signs tokens. Unset:
-    /// a key is generated at start and tokens do not survive a restart.
+    /// PEM file with the PKCS#8 private key that signs tokens: Ed25519
+    /// (EdDSA) or P-256 (ES256). Unset: an Ed25519 key is generated at start
+    /// and tokens do not survive a restart.
     #[arg(long, env = "AUTH_SIGNING_KEY_FILE")]
     pub signing_key_file: Option<PathBuf>,
 

@@ -11,7 +11,7 @@ use std::path::Path;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use ring::signature::{Ed25519KeyPair, KeyPair};
+use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -38,8 +38,8 @@ pub enum KeyError {
         /// Why it cannot be read.
         source: std::io::Error,
     },
-    /// The key file is not a PKCS#8 Ed25519 private key in PEM.
-    #[error("signing key file {path} is not a PKCS#8 Ed25519 private key in PEM: {reason}")]
+    /// The key file is not a usable key in PEM.
+    #[error("key file {path} is not a PKCS#8 Ed25519 or P-256 key in PEM: {reason}")]
     Parse {
         /// The file named in `AUTH_SIGNING_KEY_FILE`.
         path: String,
@@ -90,10 +90,12 @@ pub struct Claims {
     pub exp: i64,
 }
 
-/// An Ed25519 public key that verifies tokens, with its `kid`.
+/// A public key that verifies tokens, with its `kid` and the one algorithm
+/// it allows (RFC 8725 §3.1: an algorithm allow-list per key).
 pub struct VerificationKey {
     kid: String,
-    public: Vec<u8>,
+    alg: Algorithm,
+    jwk: serde_json::Value,
     decoding: DecodingKey,
 }
 
@@ -103,19 +105,72 @@ const ED25519_SPKI_PREFIX: [u8; 12] = [
     0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
 ];
 
+/// DER prefix of a P-256 SubjectPublicKeyInfo (RFC 5480); the 65-byte
+/// uncompressed point follows it.
+const P256_SPKI_PREFIX: [u8; 26] = [
+    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
+    0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+];
+
 impl VerificationKey {
-    fn from_public(public: &[u8]) -> Self {
+    /// An Ed25519 key (EdDSA) from its 32 public bytes.
+    fn ed25519(public: &[u8]) -> Self {
+        let x = URL_SAFE_NO_PAD.encode(public);
+        Self::from_jwk_members(
+            Algorithm::EdDSA,
+            "EdDSA",
+            // RFC 7638 members in lexicographic order (RFC 8037 §2).
+            format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}"#),
+            serde_json::json!({ "kty": "OKP", "crv": "Ed25519", "x": x }),
+            DecodingKey::from_ed_der(public),
+        )
+    }
+
+    /// A P-256 key (ES256) from its 65-byte uncompressed point.
+    fn p256(point: &[u8]) -> Option<Self> {
+        if point.len() != 65 || point[0] != 0x04 {
+            return None;
+        }
+        let (x, y) = (
+            URL_SAFE_NO_PAD.encode(&point[1..33]),
+            URL_SAFE_NO_PAD.encode(&point[33..]),
+        );
+        let decoding = DecodingKey::from_ec_components(&x, &y).ok()?;
+        Some(Self::from_jwk_members(
+            Algorithm::ES256,
+            "ES256",
+            format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#),
+            serde_json::json!({ "kty": "EC", "crv": "P-256", "x": x, "y": y }),
+            decoding,
+        ))
+    }
+
+    fn from_jwk_members(
+        alg: Algorithm,
+        alg_name: &str,
+        thumbprint_input: String,
+        mut jwk: serde_json::Value,
+        decoding: DecodingKey,
+    ) -> Self {
+        let kid = URL_SAFE_NO_PAD.encode(ring::digest::digest(
+            &ring::digest::SHA256,
+            thumbprint_input.as_bytes(),
+        ));
+        jwk["kid"] = kid.clone().into();
+        jwk["alg"] = alg_name.into();
+        jwk["use"] = "sig".into();
         Self {
-            kid: jwk_thumbprint(public),
-            public: public.to_vec(),
-            decoding: DecodingKey::from_ed_der(public),
+            kid,
+            alg,
+            jwk,
+            decoding,
         }
     }
 
     /// Loads a key that only verifies (a previous or next key during
-    /// rotation) from a PEM file: a PKCS#8 Ed25519 private key (`PRIVATE
-    /// KEY`) or its public key (`PUBLIC KEY`, as `openssl pkey -pubout`
-    /// writes).
+    /// rotation) from a PEM file: a PKCS#8 Ed25519 or P-256 private key
+    /// (`PRIVATE KEY`) or its public key (`PUBLIC KEY`, as `openssl pkey
+    /// -pubout` writes).
     ///
     /// # Errors
     /// [`KeyError::Read`] or [`KeyError::Parse`].
@@ -123,12 +178,19 @@ impl VerificationKey {
         let (pem, parse) = read_pem(path)?;
         match pem.tag() {
             "PRIVATE KEY" => Ok(SigningKey::from_pkcs8(pem.contents())
-                .map_err(|e| parse(e.to_string()))?
+                .ok_or_else(|| parse("not a PKCS#8 Ed25519 or P-256 key".into()))?
                 .public),
-            "PUBLIC KEY" => match pem.contents().strip_prefix(&ED25519_SPKI_PREFIX[..]) {
-                Some(public) if public.len() == 32 => Ok(Self::from_public(public)),
-                _ => Err(parse("not an Ed25519 public key".into())),
-            },
+            "PUBLIC KEY" => {
+                let der = pem.contents();
+                if let Some(public) = der.strip_prefix(&ED25519_SPKI_PREFIX[..])
+                    && public.len() == 32
+                {
+                    return Ok(Self::ed25519(public));
+                }
+                der.strip_prefix(&P256_SPKI_PREFIX[..])
+                    .and_then(Self::p256)
+                    .ok_or_else(|| parse("not an Ed25519 or P-256 public key".into()))
+            }
             other => Err(parse(format!(
                 "expected a PRIVATE KEY or PUBLIC KEY block, found {other}"
             ))),
@@ -140,21 +202,14 @@ impl VerificationKey {
         &self.kid
     }
 
-    /// The public key as a JWK (RFC 8037 §2): `kty` OKP, `crv` Ed25519, `x`,
-    /// with `kid`, `alg` EdDSA and `use` sig.
+    /// The public key as a JWK (RFC 7517; RFC 8037 for Ed25519) with `kid`,
+    /// `alg` (EdDSA or ES256) and `use` sig.
     pub fn jwk(&self) -> serde_json::Value {
-        serde_json::json!({
-            "kty": "OKP",
-            "crv": "Ed25519",
-            "x": URL_SAFE_NO_PAD.encode(&self.public),
-            "kid": self.kid,
-            "alg": "EdDSA",
-            "use": "sig",
-        })
+        self.jwk.clone()
     }
 }
 
-/// An Ed25519 signing key with its public half and `kid`.
+/// A signing key (Ed25519 by default, or P-256) with its public half.
 pub struct SigningKey {
     encoding: EncodingKey,
     public: VerificationKey,
@@ -177,8 +232,9 @@ fn read_pem(path: &Path) -> Result<(pem::Pem, impl Fn(String) -> KeyError), KeyE
 }
 
 impl SigningKey {
-    /// Loads a PKCS#8 Ed25519 private key from a PEM file (as written by
-    /// `openssl genpkey -algorithm ed25519`).
+    /// Loads a PKCS#8 private key from a PEM file: Ed25519 (`openssl genpkey
+    /// -algorithm ed25519`, signs with EdDSA) or P-256 (`openssl genpkey
+    /// -algorithm EC -pkeyopt ec_paramgen_curve:P-256`, signs with ES256).
     ///
     /// # Errors
     /// [`KeyError::Read`] or [`KeyError::Parse`].
@@ -190,10 +246,12 @@ impl SigningKey {
                 pem.tag()
             )));
         }
-        Self::from_pkcs8(pem.contents()).map_err(|e| parse(e.to_string()))
+        Self::from_pkcs8(pem.contents())
+            .ok_or_else(|| parse("not a PKCS#8 Ed25519 or P-256 key".into()))
     }
 
-    /// Generates a fresh key. Tokens signed with it do not survive a restart.
+    /// Generates a fresh Ed25519 key. Tokens signed with it do not survive a
+    /// restart.
     ///
     /// # Errors
     /// [`KeyError::Generate`] when the system RNG fails.
@@ -201,14 +259,21 @@ impl SigningKey {
         let rng = ring::rand::SystemRandom::new();
         let pkcs8 =
             Ed25519KeyPair::generate_pkcs8(&rng).map_err(|e| KeyError::Generate(e.to_string()))?;
-        Self::from_pkcs8(pkcs8.as_ref()).map_err(|e| KeyError::Generate(e.to_string()))
+        Self::from_pkcs8(pkcs8.as_ref()).ok_or_else(|| KeyError::Generate("key rejected".into()))
     }
 
-    fn from_pkcs8(der: &[u8]) -> Result<Self, ring::error::KeyRejected> {
-        let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der)?;
-        Ok(Self {
-            encoding: EncodingKey::from_ed_der(der),
-            public: VerificationKey::from_public(pair.public_key().as_ref()),
+    fn from_pkcs8(der: &[u8]) -> Option<Self> {
+        if let Ok(pair) = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der) {
+            return Some(Self {
+                encoding: EncodingKey::from_ed_der(der),
+                public: VerificationKey::ed25519(pair.public_key().as_ref()),
+            });
+        }
+        let rng = ring::rand::SystemRandom::new();
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der, &rng).ok()?;
+        Some(Self {
+            encoding: EncodingKey::from_ec_der(der),
+            public: VerificationKey::p256(pair.public_key().as_ref())?,
         })
     }
 
@@ -217,16 +282,6 @@ impl SigningKey {
     pub fn kid(&self) -> &str {
         &self.public.kid
     }
-}
-
-/// RFC 7638 thumbprint of an Ed25519 public key (RFC 8037 §2: members crv,
-/// kty, x in lexicographic order).
-fn jwk_thumbprint(public: &[u8]) -> String {
-    let jwk = format!(
-        r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#,
-        URL_SAFE_NO_PAD.encode(public)
-    );
-    URL_SAFE_NO_PAD.encode(ring::digest::digest(&ring::digest::SHA256, jwk.as_bytes()))
 }
 
 /// Token settings.
@@ -321,7 +376,7 @@ impl TokenService {
     /// # Errors
     /// [`TokenError::Sign`].
     pub fn mint(&self, kind: TokenKind, claims: &Claims) -> Result<String, TokenError> {
-        let mut header = Header::new(Algorithm::EdDSA);
+        let mut header = Header::new(self.key.public.alg);
         header.typ = Some(kind.typ().to_owned());
         header.kid = Some(self.key.public.kid.clone());
         Ok(jsonwebtoken::encode(&header, claims, &self.key.encoding)?)
@@ -336,9 +391,6 @@ impl TokenService {
     pub fn verify(&self, kind: TokenKind, token: &str) -> Result<Claims, TokenError> {
         let invalid = |why: String| TokenError::Invalid(why);
         let header = jsonwebtoken::decode_header(token).map_err(|e| invalid(e.to_string()))?;
-        if header.alg != Algorithm::EdDSA {
-            return Err(invalid(format!("algorithm {:?} not allowed", header.alg)));
-        }
         if header.typ.as_deref() != Some(kind.typ()) {
             return Err(invalid(format!(
                 "typ {:?} is not {}",
@@ -350,7 +402,17 @@ impl TokenService {
             .chain(&self.verification_only)
             .find(|k| Some(k.kid.as_str()) == header.kid.as_deref())
             .ok_or_else(|| invalid(format!("unknown kid {:?}", header.kid)))?;
-        let data = jsonwebtoken::decode::<Claims>(token, &key.decoding, &self.validation)
+        // The one algorithm this key allows: never `none`, HMAC or another
+        // key type's algorithm under this kid.
+        if header.alg != key.alg {
+            return Err(invalid(format!(
+                "algorithm {:?} not allowed for this key",
+                header.alg
+            )));
+        }
+        let mut validation = self.validation.clone();
+        validation.algorithms = vec![key.alg];
+        let data = jsonwebtoken::decode::<Claims>(token, &key.decoding, &validation)
             .map_err(|e| invalid(e.to_string()))?;
         Ok(data.claims)
     }
@@ -424,7 +486,7 @@ mod tests {
             .decode("11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo")
             .unwrap();
         assert_eq!(
-            jwk_thumbprint(&x),
+            VerificationKey::ed25519(&x).kid(),
             "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
         );
     }

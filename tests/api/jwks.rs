@@ -94,3 +94,82 @@ async fn downstream_services_verify_access_tokens_with_the_jwks() {
         std::fs::remove_file(file).unwrap();
     }
 }
+
+#[tokio::test]
+async fn an_es256_key_signs_and_verifies_under_its_own_algorithm_only() {
+    let rng = ring::rand::SystemRandom::new();
+    let der = ring::signature::EcdsaKeyPair::generate_pkcs8(
+        &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        &rng,
+    )
+    .unwrap();
+    let key_file = std::env::temp_dir().join(format!("rc-test-p256-{}.pem", uuid::Uuid::new_v4()));
+    std::fs::write(
+        &key_file,
+        pem::encode(&pem::Pem::new("PRIVATE KEY", der.as_ref().to_vec())),
+    )
+    .unwrap();
+    let app = TestApp::spawn_with(|c| c.signing_key_file = Some(key_file.clone())).await;
+    let user_id = app.register("eve@example.com", "eve's password").await;
+    let login = app.login("eve@example.com", "eve's password").await;
+    let (header, _) = parts(&login.access_token);
+    assert_eq!(header["alg"], "ES256");
+
+    let (_, _, jwks) =
+        http_get_with_headers(&app.http_addr.to_string(), "/.well-known/jwks.json").await;
+    let set: serde_json::Value = serde_json::from_str(&jwks).unwrap();
+    let key = &set["keys"][0];
+    assert_eq!(
+        (
+            key["kty"].as_str(),
+            key["crv"].as_str(),
+            key["alg"].as_str()
+        ),
+        (Some("EC"), Some("P-256"), Some("ES256"))
+    );
+    let verifier = Verifier::from_jwks(&jwks, "realchat-auth", "realchat").unwrap();
+    assert_eq!(
+        verifier.verify(&login.access_token).unwrap().sub,
+        user_id.to_string()
+    );
+
+    let rotated = app
+        .client
+        .clone()
+        .refresh(RefreshRequest {
+            refresh_token: login.refresh_token.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(parts(&rotated.refresh_token).0["alg"], "ES256");
+
+    // Another algorithm under this key's kid is refused, by both.
+    let ed = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+    let mut h = Header::new(Algorithm::EdDSA);
+    h.typ = Some("rt+jwt".into());
+    h.kid = header["kid"].as_str().map(str::to_owned);
+    let claims = parts(&rotated.refresh_token).1;
+    let wrong_alg =
+        jsonwebtoken::encode(&h, &claims, &EncodingKey::from_ed_der(ed.as_ref())).unwrap();
+    let status = app
+        .client
+        .clone()
+        .refresh(RefreshRequest {
+            refresh_token: wrong_alg.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    h.typ = Some("at+jwt".into());
+    let wrong_alg_access = jsonwebtoken::encode(
+        &h,
+        &parts(&login.access_token).1,
+        &EncodingKey::from_ed_der(ed.as_ref()),
+    )
+    .unwrap();
+    assert!(verifier.verify(&wrong_alg_access).is_err());
+
+    app.stop().await;
+    std::fs::remove_file(key_file).unwrap();
+}

@@ -224,12 +224,14 @@ impl AuthService {
             // as an unknown user.
             Err(_) => None,
         };
-        // Unknown accounts are counted too, so throttling reveals nothing.
+        // Count the attempt before bcrypt, atomically, so parallel guesses
+        // cannot all slip under the limit. Unknown accounts are counted
+        // too, so throttling reveals nothing.
         let account = email.as_ref().map(Email::as_str);
         let credentials = {
             let mut conn = self.pool.acquire().await?;
             if let Some(secs) =
-                store::throttle::blocked_for(&mut conn, account, client, self.throttle).await?
+                store::throttle::begin_attempt(&mut conn, account, client, self.throttle).await?
             {
                 // Refused before bcrypt: a blocked guesser costs a query.
                 return Err(ServiceError::Throttled {
@@ -248,15 +250,12 @@ impl AuthService {
         let verified = self.hasher.verify(password, stored).await?;
         let user_id = match (verified.matched, user_id) {
             (true, Some(user_id)) => user_id,
-            _ => {
-                let mut conn = self.pool.acquire().await?;
-                store::throttle::record_failure(&mut conn, account, client, self.throttle).await?;
-                return Err(ServiceError::InvalidCredentials);
-            }
+            // The attempt was counted before bcrypt: a failure stays counted.
+            _ => return Err(ServiceError::InvalidCredentials),
         };
-        if let Some(account) = account {
+        {
             let mut conn = self.pool.acquire().await?;
-            store::throttle::reset_account(&mut conn, account).await?;
+            store::throttle::succeeded(&mut conn, account, client).await?;
         }
         if let Some(new_hash) = verified.upgraded_hash {
             // The cost was raised since this hash was made: store the

@@ -1,5 +1,11 @@
-//! The `login_throttle` table: failed logins per account and per client
-//! within a sliding-start window.
+//! The `login_throttle` table: login attempts per account and per client
+//! within a window.
+//!
+//! An attempt is counted before its password is checked, in one atomic
+//! upsert, so parallel guesses cannot all pass a check made before any of
+//! them was counted. A success then takes its own attempt back: it resets
+//! the account and uncounts itself from the client, so the counts are of
+//! failures (and attempts still in flight).
 
 use sqlx::PgConnection;
 
@@ -16,72 +22,78 @@ pub struct Limits {
     pub window_secs: u64,
 }
 
-/// Seconds until the longest block among `account` and `client` ends, or
-/// `None` when neither is blocked.
+fn keys(account: Option<&str>, client: Option<&str>) -> (Option<String>, Option<String>) {
+    (
+        account.map(|a| format!("account:{a}")),
+        client.map(|c| format!("client:{c}")),
+    )
+}
+
+/// Counts one login attempt against `account` and `client`; returns the
+/// seconds until the later block ends when either is now over its limit
+/// (the caller refuses the attempt without checking the password), else
+/// `None`. A window older than `window_secs` starts over.
 ///
 /// # Errors
 /// [`StoreError`].
-pub async fn blocked_for(
+pub async fn begin_attempt(
     conn: &mut PgConnection,
     account: Option<&str>,
     client: Option<&str>,
     limits: Limits,
 ) -> Result<Option<f64>, StoreError> {
-    let remaining: Option<f64> = sqlx::query_scalar(
-        "SELECT max(EXTRACT(EPOCH FROM window_start + make_interval(secs => $5) - now()))::float8
-         FROM login_throttle
-         WHERE window_start > now() - make_interval(secs => $5)
-           AND ((key = $1 AND failures >= $3) OR (key = $2 AND failures >= $4))",
+    let (account_key, client_key) = keys(account, client);
+    let counted: Vec<(String, i32, f64)> = sqlx::query_as(
+        "INSERT INTO login_throttle (key, failures, window_start)
+         SELECT key, 1, now() FROM unnest(ARRAY[$1, $2]::text[]) AS key WHERE key IS NOT NULL
+         ON CONFLICT (key) DO UPDATE SET
+           failures = CASE WHEN login_throttle.window_start <= now() - make_interval(secs => $3)
+                           THEN 1 ELSE login_throttle.failures + 1 END,
+           window_start = CASE WHEN login_throttle.window_start <= now() - make_interval(secs => $3)
+                               THEN now() ELSE login_throttle.window_start END
+         RETURNING key, failures,
+                   EXTRACT(EPOCH FROM window_start + make_interval(secs => $3) - now())::float8",
     )
-    .bind(account.map(|a| format!("account:{a}")))
-    .bind(client.map(|c| format!("client:{c}")))
-    .bind(limits.per_account)
-    .bind(limits.per_client)
+    .bind(&account_key)
+    .bind(&client_key)
     .bind(limits.window_secs as f64)
-    .fetch_one(conn)
+    .fetch_all(conn)
     .await?;
-    Ok(remaining.filter(|secs| *secs > 0.0))
+    let blocked = counted
+        .into_iter()
+        .filter(|(key, failures, _)| {
+            let limit = if Some(key) == account_key.as_ref() {
+                limits.per_account
+            } else {
+                limits.per_client
+            };
+            *failures > limit
+        })
+        .map(|(_, _, remaining)| remaining)
+        .fold(None, |longest: Option<f64>, r| {
+            Some(longest.map_or(r, |l| l.max(r)))
+        });
+    Ok(blocked.filter(|secs| *secs > 0.0))
 }
 
-/// Counts one failed login against `account` and `client`.
+/// Takes back a successful attempt: forgets the account's failures and
+/// uncounts the attempt from the client.
 ///
 /// # Errors
 /// [`StoreError`].
-pub async fn record_failure(
+pub async fn succeeded(
     conn: &mut PgConnection,
     account: Option<&str>,
     client: Option<&str>,
-    limits: Limits,
 ) -> Result<(), StoreError> {
-    let keys: Vec<String> = account
-        .map(|a| format!("account:{a}"))
-        .into_iter()
-        .chain(client.map(|c| format!("client:{c}")))
-        .collect();
+    let (account_key, client_key) = keys(account, client);
     sqlx::query(
-        "INSERT INTO login_throttle (key, failures, window_start)
-         SELECT key, 1, now() FROM unnest($1::text[]) AS key
-         ON CONFLICT (key) DO UPDATE SET
-           failures = CASE WHEN login_throttle.window_start <= now() - make_interval(secs => $2)
-                           THEN 1 ELSE login_throttle.failures + 1 END,
-           window_start = CASE WHEN login_throttle.window_start <= now() - make_interval(secs => $2)
-                               THEN now() ELSE login_throttle.window_start END",
+        "WITH forget AS (DELETE FROM login_throttle WHERE key = $1)
+         UPDATE login_throttle SET failures = failures - 1 WHERE key = $2 AND failures > 0",
     )
-    .bind(keys)
-    .bind(limits.window_secs as f64)
+    .bind(account_key)
+    .bind(client_key)
     .execute(conn)
     .await?;
-    Ok(())
-}
-
-/// Forgets the failures of `account` (after a successful login).
-///
-/// # Errors
-/// [`StoreError`].
-pub async fn reset_account(conn: &mut PgConnection, account: &str) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM login_throttle WHERE key = $1")
-        .bind(format!("account:{account}"))
-        .execute(conn)
-        .await?;
     Ok(())
 }

@@ -159,3 +159,30 @@ async fn a_block_ends_with_its_window() {
     .await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn parallel_guesses_cannot_race_past_the_limit() {
+    let app = TestApp::spawn_with(|c| c.login_max_failures_per_account = 5).await;
+    app.register("lee@example.com", "lee's password").await;
+    let mut calls = Vec::new();
+    for i in 0..20 {
+        let mut client = app.new_client().await;
+        calls.push(tokio::spawn(async move {
+            login(&mut client, "lee@example.com", &format!("guess {i}"), None).await
+        }));
+    }
+    let (mut checked, mut refused) = (0, 0);
+    for call in calls {
+        match call.await.unwrap() {
+            Err(s) if s.code() == Code::Unauthenticated => checked += 1,
+            Err(s) if s.code() == Code::ResourceExhausted => refused += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // Each attempt is counted before its password is checked: exactly the
+    // limit's worth of guesses reach bcrypt, however many race.
+    assert_eq!((checked, refused), (5, 15));
+    let mut client = app.client.clone();
+    throttled(login(&mut client, "lee@example.com", "lee's password", None).await);
+    app.stop().await;
+}

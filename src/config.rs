@@ -110,10 +110,10 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub login_failure_window_secs: u64,
 
-    /// Request header holding the client address (first entry), e.g.
-    /// `x-forwarded-for`, for throttling behind a trusted proxy. Unset: the
+    /// Request header whose last entry is the client address, as a trusted
+    /// proxy appends it (e.g. `x-forwarded-for`), for throttling. Unset: the
     /// TCP peer address.
-    #[arg(long, env = "AUTH_CLIENT_IP_HEADER")]
+    #[arg(long, env = "AUTH_CLIENT_IP_HEADER", value_parser = parse_header_name)]
     pub client_ip_header: Option<String>,
 
     /// Most connections in the PostgreSQL pool (1..=1000).
@@ -153,6 +153,15 @@ pub struct Config {
     #[arg(long, env = "AUTH_LOG_FORMAT", default_value = "text",
           value_parser = ["text", "json"])]
     pub log_format: String,
+}
+
+/// A request header name gRPC metadata can carry as text.
+fn parse_header_name(name: &str) -> Result<String, String> {
+    let lower = name.to_ascii_lowercase();
+    match tonic::metadata::AsciiMetadataKey::from_bytes(lower.as_bytes()) {
+        Ok(_) if !lower.ends_with("-bin") => Ok(lower),
+        _ => Err(format!("{name:?} is not a text header name")),
+    }
 }
 
 /// Subcommands of `realchat-auth`.

@@ -27,8 +27,11 @@ pub struct GrpcApi {
 
 impl GrpcApi {
     /// The gRPC service over `service`. Login throttling keys clients by
-    /// the peer address, or by the first address in `client_ip_header`
-    /// (e.g. `x-forwarded-for`) when set: only behind a proxy that sets it.
+    /// the TCP peer address, or, when `client_ip_header` (e.g.
+    /// `x-forwarded-for`) is set, by the last address in that header — the
+    /// one the trusted proxy in front appended; entries before it are the
+    /// client's to forge. A value that is not an IP address is ignored for
+    /// the peer address.
     pub fn new(service: Arc<AuthService>, client_ip_header: Option<String>) -> Self {
         Self {
             service,
@@ -36,18 +39,16 @@ impl GrpcApi {
         }
     }
 
-    /// The client address of `request`, for throttling.
+    /// The client address of `request`, for throttling, in canonical form
+    /// (an IPv4-mapped IPv6 address is its IPv4 address).
     fn client<T>(&self, request: &Request<T>) -> Option<String> {
-        match &self.client_ip_header {
-            Some(header) => request
-                .metadata()
-                .get(header.as_str())
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split(',').next())
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty()),
-            None => request.remote_addr().map(|addr| addr.ip().to_string()),
-        }
+        let forwarded = self.client_ip_header.as_ref().and_then(|header| {
+            let value = request.metadata().get(header.as_str())?.to_str().ok()?;
+            parse_ip(value.rsplit(',').next()?.trim())
+        });
+        forwarded
+            .or_else(|| request.remote_addr().map(|addr| addr.ip()))
+            .map(|ip| ip.to_canonical().to_string())
     }
 }
 
@@ -143,6 +144,13 @@ impl AuthApi for GrpcApi {
         })
         .await
     }
+}
+
+/// An IP address, with or without a port (`192.0.2.1:443`, `[::1]:443`).
+fn parse_ip(text: &str) -> Option<std::net::IpAddr> {
+    text.parse()
+        .ok()
+        .or_else(|| text.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
 }
 
 /// Runs one RPC inside a `request` span carrying its method, maps its error

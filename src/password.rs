@@ -138,8 +138,18 @@ impl PasswordHasher {
             };
             let matched = matched && real;
             let stored_cost = hash.parse::<bcrypt::HashParts>()?.get_cost();
-            let upgraded_hash = if matched && stored_cost < inner.cost {
-                Some(bcrypt::hash(candidate, inner.cost)?)
+            // A hash below the configured cost is quicker to check than the
+            // dummy one: hash at the configured cost whether or not it
+            // matched, so a wrong password for an old account costs no less
+            // than an unknown account (and a match gets its upgrade).
+            let upgraded_hash = if stored_cost < inner.cost {
+                let bounded = if candidate.len() > crate::domain::MAX_PASSWORD_BYTES {
+                    &candidate[..0]
+                } else {
+                    candidate
+                };
+                let upgraded = bcrypt::hash(bounded, inner.cost)?;
+                matched.then_some(upgraded)
             } else {
                 None
             };

@@ -378,12 +378,11 @@ impl AuthService {
         scope: LogoutScope,
     ) -> Result<(), ServiceError> {
         let claims = self.verify_refresh(refresh_token)?;
-        let mut conn = self.pool.acquire().await?;
         let now = Utc::now();
         let revoked = match scope {
             LogoutScope::Session => u64::from(
                 store::sessions::revoke(
-                    &mut conn,
+                    &mut *self.pool.acquire().await?,
                     claims.sid,
                     claims.sub,
                     RevokeReason::Logout,
@@ -392,12 +391,23 @@ impl AuthService {
                 .await?,
             ),
             LogoutScope::All | LogoutScope::Others => {
-                if !store::sessions::is_live(&mut conn, claims.sid, claims.sub).await? {
+                // One transaction, the user's sessions locked: two "others"
+                // calls from two sessions cannot each end the other's.
+                let mut tx = self.pool.begin().await?;
+                if !store::sessions::lock_user_sessions(&mut tx, claims.sid, claims.sub).await? {
                     return Err(ServiceError::InvalidToken("session revoked".into()));
                 }
                 let keep = (scope == LogoutScope::Others).then_some(claims.sid);
-                store::sessions::revoke_all(&mut conn, claims.sub, keep, RevokeReason::Logout, now)
-                    .await?
+                let revoked = store::sessions::revoke_all(
+                    &mut tx,
+                    claims.sub,
+                    keep,
+                    RevokeReason::Logout,
+                    now,
+                )
+                .await?;
+                tx.commit().await?;
+                revoked
             }
         };
         tracing::info!(session_id = %claims.sid, revoked, "logout");

@@ -82,7 +82,7 @@ impl NewPassword {
     /// passwords; [`PasswordError::MatchesEmail`] for the email address or
     /// its local part.
     pub fn check_not_guessable(&self, email: &Email) -> Result<(), PasswordError> {
-        let folded = self.expose().to_lowercase();
+        let folded = skeleton(self.expose());
         if COMMON_PASSWORDS.contains(folded.as_str()) {
             return Err(PasswordError::Common);
         }
@@ -90,11 +90,30 @@ impl NewPassword {
             .as_str()
             .rsplit_once('@')
             .map_or("", |(local, _)| local);
-        if folded == email.as_str() || folded == local {
+        if folded == skeleton(email.as_str()) || folded == skeleton(local) {
             return Err(PasswordError::MatchesEmail);
         }
         Ok(())
     }
+}
+
+/// What a password looks like to a guesser, for the blocklist comparison
+/// only (the password itself is hashed as given): lower-cased, decomposed,
+/// without combining marks, invisible format characters or whitespace — so
+/// " password", "pass\u{200b}word" and "İloveyou" are caught.
+fn skeleton(text: &str) -> String {
+    use unicode_normalization::UnicodeNormalization as _;
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory as _};
+    text.to_lowercase()
+        .nfkd()
+        .filter(|c| {
+            !c.is_whitespace()
+                && !matches!(
+                    c.general_category(),
+                    GeneralCategory::NonspacingMark | GeneralCategory::Format
+                )
+        })
+        .collect()
 }
 
 /// A password presented at login: NFKC-normalised, free of control
@@ -170,6 +189,20 @@ mod tests {
             Err(PasswordError::MatchesEmail)
         );
         assert_eq!(check("JANE.DOE"), Err(PasswordError::MatchesEmail));
+        for disguised in [
+            " password",
+            "password\u{a0}",
+            "pass\u{200b}word",
+            "pass\u{ad}word",
+            "İloveyou1",
+        ] {
+            assert_eq!(
+                check(disguised),
+                Err(PasswordError::Common),
+                "{disguised:?}"
+            );
+        }
+        assert_eq!(check(" jane.doe"), Err(PasswordError::MatchesEmail));
         assert_eq!(check("correct horse battery staple"), Ok(()));
         assert_eq!(check("jane.doe.2026!"), Ok(()));
     }

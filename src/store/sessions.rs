@@ -143,19 +143,25 @@ pub async fn purge(
     Ok(done.rows_affected())
 }
 
-/// True when session `id` of `user_id` exists and is not revoked.
+/// Locks every session of `user_id`, in id order (so concurrent callers
+/// cannot deadlock), until the transaction ends; returns whether session
+/// `id` is among them and not revoked.
 ///
 /// # Errors
 /// [`StoreError`].
-pub async fn is_live(conn: &mut PgConnection, id: Uuid, user_id: Uuid) -> Result<bool, StoreError> {
-    Ok(sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM sessions
-                        WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL)",
+pub async fn lock_user_sessions(
+    conn: &mut PgConnection,
+    id: Uuid,
+    user_id: Uuid,
+) -> Result<bool, StoreError> {
+    let rows: Vec<(Uuid, bool)> = sqlx::query_as(
+        "SELECT id, revoked_at IS NULL FROM sessions
+         WHERE user_id = $1 ORDER BY id FOR UPDATE",
     )
-    .bind(id)
     .bind(user_id)
-    .fetch_one(conn)
-    .await?)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.iter().any(|(sid, live)| *sid == id && *live))
 }
 
 /// Revokes every live session of `user_id` except `keep`; returns how many.

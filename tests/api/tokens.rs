@@ -404,3 +404,28 @@ async fn sessions_long_expired_or_revoked_are_purged() {
     refresh(&app, &live).await.unwrap();
     app.stop().await;
 }
+
+#[tokio::test]
+async fn two_racing_logout_others_leave_exactly_one_session() {
+    for _ in 0..5 {
+        let app = TestApp::spawn().await;
+        let (_, p0) = session(&app).await;
+        let p1 = app
+            .login("erin@example.com", "erin's password")
+            .await
+            .refresh_token;
+        let (a, b) = tokio::join!(
+            logout_scoped(&app, &p0, LogoutScope::Others),
+            logout_scoped(&app, &p1, LogoutScope::Others),
+        );
+        // One ends the other; the loser's session is gone before it acts.
+        assert!(a.is_ok() != b.is_ok(), "exactly one wins: {a:?} {b:?}");
+        let live: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM sessions WHERE revoked_at IS NULL")
+                .fetch_one(&app.pool)
+                .await
+                .unwrap();
+        assert_eq!(live, 1);
+        app.stop().await;
+    }
+}

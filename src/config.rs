@@ -54,8 +54,8 @@ pub struct Config {
     /// separated: the previous key after a rotation (until the tokens it
     /// signed expire) and the next one before it. Private (PKCS#8) or public
     /// (SPKI) Ed25519 keys. All are published in the JWKS.
-    #[arg(long, env = "AUTH_VERIFICATION_KEY_FILES", value_delimiter = ',')]
-    pub verification_key_files: Vec<PathBuf>,
+    #[arg(long, env = "AUTH_VERIFICATION_KEY_FILES")]
+    pub verification_key_files: Option<String>,
 
     /// `max-age` of the JWKS document (`/.well-known/jwks.json`), seconds:
     /// how long verifiers may cache it. Publish a next key at least this long
@@ -116,6 +116,13 @@ pub struct Config {
     #[arg(long, env = "AUTH_CLIENT_IP_HEADER", value_parser = parse_header_name)]
     pub client_ip_header: Option<String>,
 
+    /// Seconds an RPC may take before the server gives up on it with
+    /// UNAVAILABLE (a stalled database must not hold requests forever;
+    /// 1..=600).
+    #[arg(long, env = "AUTH_REQUEST_TIMEOUT_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub request_timeout_secs: u64,
+
     /// Most connections in the PostgreSQL pool (1..=1000).
     #[arg(long, env = "AUTH_DB_MAX_CONNECTIONS", default_value_t = 10,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -140,8 +147,9 @@ pub struct Config {
     pub shutdown_timeout_secs: u64,
 
     /// Sessions that expired or were revoked more than this many seconds ago
-    /// are deleted.
-    #[arg(long, env = "AUTH_SESSION_RETENTION_SECS", default_value_t = 2_592_000)]
+    /// are deleted (0..=315360000, ten years).
+    #[arg(long, env = "AUTH_SESSION_RETENTION_SECS", default_value_t = 2_592_000,
+          value_parser = clap::value_parser!(u64).range(0..=315_360_000))]
     pub session_retention_secs: u64,
 
     /// Seconds between purges of old sessions (1..=86400).
@@ -153,6 +161,20 @@ pub struct Config {
     #[arg(long, env = "AUTH_LOG_FORMAT", default_value = "text",
           value_parser = ["text", "json"])]
     pub log_format: String,
+}
+
+impl Config {
+    /// The paths of `AUTH_VERIFICATION_KEY_FILES`: comma separated, spaces
+    /// around entries and empty entries ignored.
+    pub fn verification_key_paths(&self) -> Vec<PathBuf> {
+        self.verification_key_files
+            .iter()
+            .flat_map(|list| list.split(','))
+            .map(str::trim)
+            .filter(|entry| !entry.is_empty())
+            .map(PathBuf::from)
+            .collect()
+    }
 }
 
 /// A request header name gRPC metadata can carry as text.

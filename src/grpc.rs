@@ -23,6 +23,7 @@ use crate::service::{AuthService, LogoutScope, ServiceError, TokenPair};
 pub struct GrpcApi {
     service: Arc<AuthService>,
     client_ip_header: Option<String>,
+    timeout: std::time::Duration,
 }
 
 impl GrpcApi {
@@ -32,10 +33,16 @@ impl GrpcApi {
     /// one the trusted proxy in front appended; entries before it are the
     /// client's to forge. A value that is not an IP address is ignored for
     /// the peer address.
-    pub fn new(service: Arc<AuthService>, client_ip_header: Option<String>) -> Self {
+    /// Each RPC gets at most `timeout`; past it, UNAVAILABLE.
+    pub fn new(
+        service: Arc<AuthService>,
+        client_ip_header: Option<String>,
+        timeout: std::time::Duration,
+    ) -> Self {
         Self {
             service,
             client_ip_header,
+            timeout,
         }
     }
 
@@ -60,7 +67,7 @@ impl AuthApi for GrpcApi {
         &self,
         request: Request<RegisterRequest>,
     ) -> Result<Response<RegisterResponse>, Status> {
-        observed("Register", async {
+        observed("Register", self.timeout, async {
             let RegisterRequest { email, password } = request.into_inner();
             let user_id = self.service.register(&email, &password).await?;
             Ok(RegisterResponse {
@@ -74,7 +81,7 @@ impl AuthApi for GrpcApi {
         &self,
         request: Request<LoginRequest>,
     ) -> Result<Response<LoginResponse>, Status> {
-        observed("Login", async {
+        observed("Login", self.timeout, async {
             let client = self.client(&request);
             let LoginRequest { email, password } = request.into_inner();
             let TokenPair {
@@ -101,7 +108,7 @@ impl AuthApi for GrpcApi {
         &self,
         request: Request<RefreshRequest>,
     ) -> Result<Response<RefreshResponse>, Status> {
-        observed("Refresh", async {
+        observed("Refresh", self.timeout, async {
             let pair = self
                 .service
                 .refresh(&request.into_inner().refresh_token)
@@ -121,7 +128,7 @@ impl AuthApi for GrpcApi {
         &self,
         request: Request<LogoutRequest>,
     ) -> Result<Response<LogoutResponse>, Status> {
-        observed("Logout", async {
+        observed("Logout", self.timeout, async {
             let LogoutRequest {
                 refresh_token,
                 scope,
@@ -160,13 +167,20 @@ fn parse_ip(text: &str) -> Option<std::net::IpAddr> {
 /// Requests and responses are never logged: they hold passwords and tokens.
 async fn observed<T>(
     method: &'static str,
+    timeout: std::time::Duration,
     call: impl Future<Output = Result<T, ServiceError>>,
 ) -> Result<Response<T>, Status> {
     let span = tracing::info_span!("request", method);
     async move {
         let started = Instant::now();
         tracing::debug!("request started");
-        let result = call.await.map(Response::new).map_err(to_status);
+        let result = match tokio::time::timeout(timeout, call).await {
+            Ok(result) => result.map(Response::new).map_err(to_status),
+            Err(_) => {
+                tracing::warn!(timeout_secs = timeout.as_secs(), "request timed out");
+                Err(Status::unavailable("request timed out, retry later"))
+            }
+        };
         let elapsed = started.elapsed();
         let code = result.as_ref().err().map_or(Code::Ok, Status::code);
         tracing::info!(code = ?code, duration_ms = elapsed.as_secs_f64() * 1e3, "request finished");

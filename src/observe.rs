@@ -140,14 +140,20 @@ async fn render_metrics(State(state): State<AppState>) -> String {
     handle.render()
 }
 
-async fn ready(State(state): State<AppState>) -> (StatusCode, String) {
-    let checked = tokio::time::timeout(Duration::from_secs(2), applied_migrations(&state.pool))
+/// Whether PostgreSQL answers within `timeout` and every migration of this
+/// build is applied: (database, migrations).
+pub(crate) async fn readiness(pool: &PgPool, timeout: Duration) -> (bool, bool) {
+    let checked = tokio::time::timeout(timeout, applied_migrations(pool))
         .await
         .unwrap_or(Err(sqlx::Error::PoolTimedOut));
-    let (database, migrations) = match checked {
+    match checked {
         Ok(applied) => (true, MIGRATOR.iter().all(|m| applied.contains(&m.version))),
         Err(_) => (false, false),
-    };
+    }
+}
+
+async fn ready(State(state): State<AppState>) -> (StatusCode, String) {
+    let (database, migrations) = readiness(&state.pool, Duration::from_secs(2)).await;
     let status = if database && migrations {
         StatusCode::OK
     } else {

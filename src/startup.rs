@@ -32,10 +32,12 @@ pub struct Application {
     http_listener: TcpListener,
     service: Arc<AuthService>,
     client_ip_header: Option<String>,
+    request_timeout: Duration,
     pool: PgPool,
     jwks: crate::observe::Jwks,
     shutdown_timeout: Duration,
     session_retention_secs: u64,
+    throttle_window_secs: u64,
     session_purge_interval: Duration,
 }
 
@@ -81,7 +83,7 @@ impl Application {
         };
         tracing::info!(kid = key.kid(), "signing key loaded");
         let verification_keys = config
-            .verification_key_files
+            .verification_key_paths()
             .iter()
             .map(|path| VerificationKey::from_pem_file(path))
             .collect::<Result<Vec<_>, _>>()
@@ -145,10 +147,12 @@ impl Application {
             http_listener,
             service,
             client_ip_header: config.client_ip_header.clone(),
+            request_timeout: Duration::from_secs(config.request_timeout_secs),
             pool,
             jwks,
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout_secs),
             session_retention_secs: config.session_retention_secs,
+            throttle_window_secs: config.login_failure_window_secs,
             session_purge_interval: Duration::from_secs(config.session_purge_interval_secs),
         })
     }
@@ -199,6 +203,7 @@ impl Application {
         let purger = tokio::spawn(purge_sessions(
             self.pool.clone(),
             self.session_retention_secs,
+            self.throttle_window_secs,
             self.session_purge_interval,
         ));
         tracing::info!(%addr, "gRPC server listening");
@@ -219,8 +224,12 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(
-                AuthApiServer::new(GrpcApi::new(self.service, self.client_ip_header))
-                    .max_decoding_message_size(MAX_REQUEST_BYTES),
+                AuthApiServer::new(GrpcApi::new(
+                    self.service,
+                    self.client_ip_header,
+                    self.request_timeout,
+                ))
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
             )
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown);
         let served = tokio::select! {
@@ -238,16 +247,26 @@ impl Application {
     }
 }
 
-/// Deletes expired and revoked sessions past their retention, every
+/// Deletes expired and revoked sessions past their retention, and login
+/// throttle rows whose window ended, every
 /// `interval`, in batches of 1,000 (each its own short statement). Every
 /// replica runs it; the deletes are idempotent.
-async fn purge_sessions(pool: PgPool, retention_secs: u64, interval: Duration) {
+async fn purge_sessions(
+    pool: PgPool,
+    retention_secs: u64,
+    throttle_window_secs: u64,
+    interval: Duration,
+) {
     loop {
         let mut purged = 0;
         loop {
             let batch = async {
                 let mut conn = pool.acquire().await?;
-                store::sessions::purge(&mut conn, retention_secs, 1000).await
+                let sessions = store::sessions::purge(&mut conn, retention_secs, 1000).await?;
+                // Throttle rows of ended windows go with them.
+                let throttle =
+                    store::throttle::purge(&mut conn, throttle_window_secs, 1000).await?;
+                Ok::<_, store::StoreError>(sessions.max(throttle))
             };
             match batch.await {
                 Ok(n) => {
@@ -273,18 +292,15 @@ async fn purge_sessions(pool: PgPool, retention_secs: u64, interval: Duration) {
 const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Keeps the gRPC health status of the server (`""`) and of `AuthApi` at
-/// SERVING while `SELECT 1` answers within a second, NOT_SERVING otherwise.
+/// SERVING while PostgreSQL answers within a second and every migration is
+/// applied (as `/readyz`), NOT_SERVING otherwise.
 async fn watch_database(pool: PgPool, reporter: tonic_health::server::HealthReporter) {
     use tonic::server::NamedService as _;
     use tonic_health::ServingStatus;
     let mut last = None;
     loop {
-        let ping = tokio::time::timeout(
-            Duration::from_secs(1),
-            sqlx::query("SELECT 1").execute(&pool),
-        )
-        .await;
-        let status = if matches!(ping, Ok(Ok(_))) {
+        let (database, migrations) = crate::observe::readiness(&pool, Duration::from_secs(1)).await;
+        let status = if database && migrations {
             ServingStatus::Serving
         } else {
             ServingStatus::NotServing

@@ -31,7 +31,7 @@ pub enum TokenError {
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     /// The key file cannot be read.
-    #[error("cannot read signing key file {path}: {source}")]
+    #[error("cannot read key file {path}: {source}")]
     Read {
         /// The file named in `AUTH_SIGNING_KEY_FILE`.
         path: String,
@@ -39,7 +39,7 @@ pub enum KeyError {
         source: std::io::Error,
     },
     /// The key file is not a usable key in PEM.
-    #[error("key file {path} is not a PKCS#8 Ed25519 or P-256 key in PEM: {reason}")]
+    #[error("key file {path} is not usable: {reason}")]
     Parse {
         /// The file named in `AUTH_SIGNING_KEY_FILE`.
         path: String,
@@ -227,7 +227,14 @@ fn read_pem(path: &Path) -> Result<(pem::Pem, impl Fn(String) -> KeyError), KeyE
         path: shown.clone(),
         reason,
     };
-    let pem = pem::parse(text).map_err(|e| parse(e.to_string()))?;
+    let mut blocks = pem::parse_many(text).map_err(|e| parse(e.to_string()))?;
+    if blocks.len() != 1 {
+        return Err(parse(format!(
+            "expected one PEM block, found {}",
+            blocks.len()
+        )));
+    }
+    let pem = blocks.remove(0);
     Ok((pem, parse))
 }
 
@@ -322,7 +329,8 @@ impl TokenService {
         mut verification_only: Vec<VerificationKey>,
         settings: TokenSettings,
     ) -> Self {
-        verification_only.retain(|k| k.kid != key.public.kid);
+        let mut seen = std::collections::HashSet::from([key.public.kid.clone()]);
+        verification_only.retain(|k| seen.insert(k.kid.clone()));
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[&settings.issuer]);
         validation.set_audience(&[&settings.audience]);

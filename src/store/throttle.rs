@@ -76,6 +76,27 @@ pub async fn begin_attempt(
     Ok(blocked.filter(|secs| *secs > 0.0))
 }
 
+/// Deletes up to `batch` rows whose window ended; returns how many.
+///
+/// # Errors
+/// [`StoreError`].
+pub async fn purge(
+    conn: &mut PgConnection,
+    window_secs: u64,
+    batch: i64,
+) -> Result<u64, StoreError> {
+    let done = sqlx::query(
+        "DELETE FROM login_throttle WHERE key IN (
+             SELECT key FROM login_throttle
+             WHERE window_start <= now() - make_interval(secs => $1) LIMIT $2)",
+    )
+    .bind(window_secs as f64)
+    .bind(batch)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
 /// Takes back a successful attempt: forgets the account's failures and
 /// uncounts the attempt from the client.
 ///

@@ -153,7 +153,9 @@ async fn readyz_needs_the_migrations_applied() {
         http_get(&addr, "/readyz").await,
         (503, "database=true migrations=false\n".to_owned())
     );
+    wait_health(&app, ServingStatus::NotServing).await;
     realchat_auth::store::MIGRATOR.run(&app.pool).await.unwrap();
+    wait_health(&app, ServingStatus::Serving).await;
     assert_eq!(
         http_get(&addr, "/readyz").await,
         (200, "database=true migrations=true\n".to_owned())

@@ -26,7 +26,8 @@ async fn downstream_services_verify_access_tokens_with_the_jwks() {
     let (previous, previous_der) = write_key_file();
     let app = TestApp::spawn_with(|c| {
         c.signing_key_file = Some(active.clone());
-        c.verification_key_files = vec![previous.clone()];
+        // Spaces and empty entries in the list are ignored.
+        c.verification_key_files = Some(format!(" {}, ,", previous.display()));
     })
     .await;
     let user_id = app.register("dana@example.com", "dana's password").await;

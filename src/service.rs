@@ -253,14 +253,12 @@ impl AuthService {
             // The attempt was counted before bcrypt: a failure stays counted.
             _ => return Err(ServiceError::InvalidCredentials),
         };
-        {
-            let mut conn = self.pool.acquire().await?;
-            store::throttle::succeeded(&mut conn, account, client).await?;
-        }
+        // One connection for the rest; none was held during bcrypt.
+        let mut conn = self.pool.acquire().await?;
+        store::throttle::succeeded(&mut conn, account, client).await?;
         if let Some(new_hash) = verified.upgraded_hash {
             // The cost was raised since this hash was made: store the
             // stronger one. A failure here must not fail the login.
-            let mut conn = self.pool.acquire().await?;
             if let Err(e) = store::users::set_password_hash(&mut conn, user_id, &new_hash).await {
                 tracing::warn!(%user_id, error = %e, "could not store the rehashed password");
             }
@@ -273,7 +271,6 @@ impl AuthService {
             .tokens
             .claims(TokenKind::Refresh, user_id, session_id, jti, iat);
         let pair = self.pair(&refresh, iat)?;
-        let mut conn = self.pool.acquire().await?;
         store::sessions::insert(
             &mut conn,
             session_id,

@@ -356,11 +356,6 @@ impl TokenService {
         serde_json::json!({ "keys": keys })
     }
 
-    /// The settings in force.
-    pub fn settings(&self) -> &TokenSettings {
-        &self.settings
-    }
-
     /// Builds the claims of a token of `kind` issued at `iat` (seconds).
     pub fn claims(&self, kind: TokenKind, sub: Uuid, sid: Uuid, jti: Uuid, iat: i64) -> Claims {
         let ttl = match kind {

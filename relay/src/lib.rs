@@ -25,7 +25,7 @@ use anyhow::Context as _;
 use futures::FutureExt as _;
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::{Connection as _, PgConnection, PgPool};
-use tokio::time::{Instant, sleep};
+use tokio::time::{Instant, sleep, sleep_until};
 
 pub use config::RelayConfig;
 
@@ -164,10 +164,6 @@ async fn wake(listener: &mut Option<PgListener>, deadline: Instant) {
         }
         None => sleep_until(deadline).await,
     }
-}
-
-async fn sleep_until(deadline: Instant) {
-    tokio::time::sleep_until(deadline).await;
 }
 
 async fn listen(pool: &PgPool) -> Option<PgListener> {

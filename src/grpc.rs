@@ -160,7 +160,8 @@ fn parse_ip(text: &str) -> Option<std::net::IpAddr> {
         .or_else(|| text.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
 }
 
-/// Runs one RPC inside a `request` span carrying its method, maps its error
+/// Runs one RPC inside a `request` span carrying its method (and, once
+/// done, its gRPC code and duration in ms), maps its error
 /// to a status (logging internals there, inside the span), logs its end with
 /// the gRPC code and duration, and records the request metrics
 /// (`auth_requests_total{method,code}`, `auth_request_duration_seconds{method}`).
@@ -170,7 +171,15 @@ async fn observed<T>(
     timeout: std::time::Duration,
     call: impl Future<Output = Result<T, ServiceError>>,
 ) -> Result<Response<T>, Status> {
-    let span = tracing::info_span!("request", method);
+    // `code` and `duration_ms` are filled in at the end, so the span itself
+    // (not only its closing event) carries them, e.g. for span exporters.
+    let span = tracing::info_span!(
+        "request",
+        method,
+        code = tracing::field::Empty,
+        duration_ms = tracing::field::Empty
+    );
+    let recorder = span.clone();
     async move {
         let started = Instant::now();
         tracing::debug!("request started");
@@ -183,7 +192,10 @@ async fn observed<T>(
         };
         let elapsed = started.elapsed();
         let code = result.as_ref().err().map_or(Code::Ok, Status::code);
-        tracing::info!(code = ?code, duration_ms = elapsed.as_secs_f64() * 1e3, "request finished");
+        let duration_ms = elapsed.as_secs_f64() * 1e3;
+        recorder.record("code", tracing::field::debug(code));
+        recorder.record("duration_ms", duration_ms);
+        tracing::info!(code = ?code, duration_ms, "request finished");
         metrics::counter!(names::REQUESTS, "method" => method, "code" => format!("{code:?}"))
             .increment(1);
         metrics::histogram!(names::REQUEST_DURATION, "method" => method)
@@ -215,7 +227,13 @@ pub fn to_status(error: ServiceError) -> Status {
             tracing::info!(reason = %why, "refresh token refused");
             Status::unauthenticated("invalid refresh token")
         }
-        ServiceError::Busy => Status::resource_exhausted("server busy, retry later"),
+        // A hint: how long the queue takes to drain depends on the cost and
+        // the load, so one second, then the client's own backoff.
+        ServiceError::Busy => Status::with_error_details(
+            Code::ResourceExhausted,
+            "server busy, retry later",
+            ErrorDetails::with_retry_info(Some(std::time::Duration::from_secs(1))),
+        ),
         ServiceError::Throttled { retry_after } => Status::with_error_details(
             Code::ResourceExhausted,
             "too many failed logins, retry later",

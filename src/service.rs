@@ -247,7 +247,16 @@ impl AuthService {
             Some(c) => (Some(c.id), Some(c.password_hash)),
             None => (None, None),
         };
-        let verified = self.hasher.verify(password, stored).await?;
+        let verified = match self.hasher.verify(password, stored).await {
+            Ok(verified) => verified,
+            Err(e) => {
+                // Refused before the password was checked (pool full): not a
+                // failure, so a busy server never locks anyone out.
+                let mut conn = self.pool.acquire().await?;
+                store::throttle::abandoned(&mut conn, account, client).await?;
+                return Err(e.into());
+            }
+        };
         let user_id = match (verified.matched, user_id) {
             (true, Some(user_id)) => user_id,
             // The attempt was counted before bcrypt: a failure stays counted.

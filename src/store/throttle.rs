@@ -118,3 +118,25 @@ pub async fn succeeded(
     .await?;
     Ok(())
 }
+
+/// Takes back an attempt whose password was never checked (the bcrypt pool
+/// was full): it is not a failure, so it leaves both counts as they were.
+///
+/// # Errors
+/// [`StoreError`].
+pub async fn abandoned(
+    conn: &mut PgConnection,
+    account: Option<&str>,
+    client: Option<&str>,
+) -> Result<(), StoreError> {
+    let (account_key, client_key) = keys(account, client);
+    sqlx::query(
+        "UPDATE login_throttle SET failures = failures - 1
+         WHERE key = ANY(ARRAY[$1, $2]::text[]) AND failures > 0",
+    )
+    .bind(account_key)
+    .bind(client_key)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use realchat_auth::proto::LoginRequest;
 use realchat_auth::proto::auth_api_client::AuthApiClient;
+use sqlx::{Connection as _, PgConnection};
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 use tonic_types::StatusExt as _;
@@ -191,4 +192,61 @@ async fn parallel_guesses_cannot_race_past_the_limit() {
     let mut client = app.client.clone();
     throttled(login(&mut client, "lee@example.com", "lee's password", None).await);
     app.stop().await;
+}
+
+#[tokio::test]
+async fn a_full_bcrypt_queue_refuses_at_once_with_retry_info() {
+    // One bcrypt thread and no queue: while one login hashes, the others
+    // are refused at once rather than waiting.
+    let database_url = create_database().await;
+    let mut config = test_config(&database_url);
+    config.bcrypt_cost = 10;
+    config.bcrypt_threads = 1;
+    config.bcrypt_queue = 0;
+    // Every attempt is counted while in flight: leave room for all eight.
+    config.login_max_failures_per_account = 10;
+    let app = TestApp::start(config, database_url.clone()).await;
+    app.register("uma@example.com", "uma's password").await;
+    let calls = (0..8).map(|_| {
+        let mut client = app.client.clone();
+        async move { login(&mut client, "uma@example.com", "uma's password", None).await }
+    });
+    let results = futures::future::join_all(calls).await;
+    let mut busy = 0;
+    for result in results {
+        match result {
+            Ok(()) => {}
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                assert_eq!(status.message(), "server busy, retry later");
+                let delay = status
+                    .get_error_details()
+                    .retry_info()
+                    .and_then(|i| i.retry_delay);
+                assert_eq!(delay, Some(Duration::from_secs(1)));
+                busy += 1;
+            }
+        }
+    }
+    assert!(
+        busy >= 1,
+        "eight logins at once on one thread with no queue: some must be refused"
+    );
+    // A refusal for load is not a failed login: nothing stays counted.
+    let mut db = PgConnection::connect(&database_url).await.unwrap();
+    let counted: i64 =
+        sqlx::query_scalar("SELECT coalesce(sum(failures), 0)::int8 FROM login_throttle")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    assert_eq!(counted, 0);
+    // Refused, not broken: the next login goes through.
+    login(
+        &mut app.client.clone(),
+        "uma@example.com",
+        "uma's password",
+        None,
+    )
+    .await
+    .unwrap();
 }

@@ -1,6 +1,7 @@
 //! Server settings: one struct, read from flags and environment (clap).
 //! `realchat-auth --help` lists every setting with its default.
 
+use clap::builder::TypedValueParser;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -35,13 +36,15 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(4..=31))]
     pub bcrypt_cost: u32,
 
-    /// bcrypt worker threads; 0 = one per core.
-    #[arg(long, env = "AUTH_BCRYPT_THREADS", default_value_t = 0)]
+    /// bcrypt worker threads (0..=1024); 0 = one per core.
+    #[arg(long, env = "AUTH_BCRYPT_THREADS", default_value_t = 0,
+          value_parser = TypedValueParser::map(clap::value_parser!(u16).range(0..=1024), usize::from))]
     pub bcrypt_threads: usize,
 
     /// bcrypt jobs that may wait beyond the running ones; past it,
-    /// RESOURCE_EXHAUSTED.
-    #[arg(long, env = "AUTH_BCRYPT_QUEUE", default_value_t = 256)]
+    /// RESOURCE_EXHAUSTED (0..=1000000).
+    #[arg(long, env = "AUTH_BCRYPT_QUEUE", default_value_t = 256,
+          value_parser = TypedValueParser::map(clap::value_parser!(u32).range(0..=1_000_000), |n| n as usize))]
     pub bcrypt_queue: usize,
 
     /// PEM file with the PKCS#8 private key that signs tokens: Ed25519
@@ -53,14 +56,15 @@ pub struct Config {
     /// PEM files of keys that verify tokens but do not sign them, comma
     /// separated: the previous key after a rotation (until the tokens it
     /// signed expire) and the next one before it. Private (PKCS#8) or public
-    /// (SPKI) Ed25519 keys. All are published in the JWKS.
+    /// (SPKI) Ed25519 or P-256 keys. All are published in the JWKS.
     #[arg(long, env = "AUTH_VERIFICATION_KEY_FILES")]
     pub verification_key_files: Option<String>,
 
     /// `max-age` of the JWKS document (`/.well-known/jwks.json`), seconds:
     /// how long verifiers may cache it. Publish a next key at least this long
     /// before it starts signing.
-    #[arg(long, env = "AUTH_JWKS_MAX_AGE_SECS", default_value_t = 300)]
+    #[arg(long, env = "AUTH_JWKS_MAX_AGE_SECS", default_value_t = 300,
+          value_parser = clap::value_parser!(u32).range(0..=31_536_000))]
     pub jwks_max_age_secs: u32,
 
     /// `iss` claim of issued tokens, required on verification.

@@ -1,10 +1,12 @@
 //! JWT mint and verify: the signing key, the claims and the two token kinds.
 //!
-//! Tokens are signed with Ed25519 (`alg: EdDSA`, RFC 8037) and carry the key's
-//! `kid` (its RFC 7638 JWK thumbprint). Verification follows RFC 8725: the
-//! algorithm is fixed to EdDSA, the `typ` header must name the expected kind
-//! (`at+jwt` for access tokens per RFC 9068, `rt+jwt` for refresh tokens), the
-//! `kid` must be ours, and exp, iat, iss, aud and sub are required.
+//! Tokens are signed with Ed25519 (`alg: EdDSA`, RFC 8037; the default) or
+//! P-256 (`alg: ES256`) and carry the key's `kid` (its RFC 7638 JWK
+//! thumbprint). Verification follows RFC 8725: the `kid` must be the signing
+//! key's or a verification-only key's, the algorithm must be that key's one,
+//! the `typ` header must name the expected kind (`at+jwt` for access tokens
+//! per RFC 9068, `rt+jwt` for refresh tokens), and exp, iat, iss, aud and sub
+//! are required; `iat` may be ahead of our clock by the leeway at most.
 
 use std::path::Path;
 
@@ -389,8 +391,9 @@ impl TokenService {
     ///
     /// # Errors
     /// [`TokenError::Invalid`] for any header, signature or claim problem:
-    /// `alg` other than EdDSA (including `none`), wrong `typ`, unknown `kid`,
-    /// bad signature, wrong iss/aud, missing claims, or expired.
+    /// `alg` other than the key's (including `none`), wrong `typ`, unknown
+    /// `kid`, bad signature, wrong iss/aud, missing claims, expired, not yet
+    /// valid (`nbf`), or `iat` further ahead than the leeway.
     pub fn verify(&self, kind: TokenKind, token: &str) -> Result<Claims, TokenError> {
         let invalid = |why: String| TokenError::Invalid(why);
         let header = jsonwebtoken::decode_header(token).map_err(|e| invalid(e.to_string()))?;
@@ -417,6 +420,12 @@ impl TokenService {
         validation.algorithms = vec![key.alg];
         let data = jsonwebtoken::decode::<Claims>(token, &key.decoding, &validation)
             .map_err(|e| invalid(e.to_string()))?;
+        // `iat` a little ahead (another replica's clock) is fine; further
+        // ahead than the leeway, the token was not made by a sane issuer.
+        let latest = jsonwebtoken::get_current_timestamp().saturating_add(validation.leeway);
+        if u64::try_from(data.claims.iat).is_ok_and(|iat| iat > latest) {
+            return Err(invalid("iat is in the future beyond the leeway".into()));
+        }
         Ok(data.claims)
     }
 }
@@ -497,8 +506,10 @@ mod tests {
     #[test]
     fn iat_slightly_ahead_is_accepted_and_nbf_ahead_is_not() {
         // Replicas' clocks differ a little: a token "issued" 20 s from now
-        // by a fast clock still verifies (RFC 8725 leaves iat to policy).
-        let tokens = service();
+        // by a fast clock still verifies within the leeway (30 s here; RFC
+        // 8725 leaves iat to policy).
+        let mut tokens = service();
+        tokens.validation.leeway = 30;
         let ahead = tokens.claims(
             TokenKind::Access,
             Uuid::new_v4(),
@@ -508,6 +519,16 @@ mod tests {
         );
         let token = tokens.mint(TokenKind::Access, &ahead).unwrap();
         assert!(tokens.verify(TokenKind::Access, &token).is_ok());
+        // Further ahead than the leeway: refused.
+        let far = tokens.claims(
+            TokenKind::Access,
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            now() + 40,
+        );
+        let token = tokens.mint(TokenKind::Access, &far).unwrap();
+        assert!(tokens.verify(TokenKind::Access, &token).is_err());
         // A token that says it is not valid yet is refused.
         let mut claims = serde_json::to_value(&ahead).unwrap();
         claims["nbf"] = (now() + 3600).into();

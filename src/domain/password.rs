@@ -39,6 +39,9 @@ pub enum PasswordError {
     /// The account's email address or its local part.
     #[error("password must not be the email address or part of it")]
     MatchesEmail,
+    /// Nothing but whitespace and invisible characters: the first guess.
+    #[error("password must contain more than spaces and invisible characters")]
+    Blank,
 }
 
 /// A password that satisfies the registration policy: NFKC-normalised, no
@@ -78,11 +81,15 @@ impl NewPassword {
     /// values and context-specific words), compared case-insensitively.
     ///
     /// # Errors
+    /// [`PasswordError::Blank`] for whitespace only;
     /// [`PasswordError::Common`] for one of the 10,000 most common
     /// passwords; [`PasswordError::MatchesEmail`] for the email address or
     /// its local part.
     pub fn check_not_guessable(&self, email: &Email) -> Result<(), PasswordError> {
         let folded = skeleton(self.expose());
+        if folded.is_empty() {
+            return Err(PasswordError::Blank);
+        }
         if COMMON_PASSWORDS.contains(folded.as_str()) {
             return Err(PasswordError::Common);
         }

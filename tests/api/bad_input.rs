@@ -343,7 +343,13 @@ fn cases(tokens: &Tokens) -> Vec<Case> {
         ("the email's local part", "NEWBIE".into()),
         ("73 ASCII bytes", "A".repeat(73)),
         ("73 bytes, 2-byte chars", format!("{}x", "é".repeat(36))),
+        ("73 bytes, 3-byte chars", format!("{}x", "€".repeat(24))),
         ("74 bytes, 3-byte chars", format!("{}xx", "€".repeat(24))),
+        ("whitespace only", " ".repeat(8)),
+        (
+            "whitespace and invisible only",
+            " \u{200b} \u{3000} \u{2060}    ".into(),
+        ),
         ("73 bytes, 4-byte chars", format!("{}x", "😀".repeat(18))),
         ("75 bytes of euro", "€".repeat(25)),
         ("73 bytes after NFKC", "\u{fdfa}".repeat(4)),

@@ -148,9 +148,15 @@ impl Verifier {
         validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
         validation.leeway = self.leeway_secs;
         validation.validate_nbf = true;
-        jsonwebtoken::decode::<AccessClaims>(token, &key.decoding, &validation)
-            .map(|data| data.claims)
-            .map_err(|e| refuse(e.to_string()))
+        let claims = jsonwebtoken::decode::<AccessClaims>(token, &key.decoding, &validation)
+            .map_err(|e| refuse(e.to_string()))?
+            .claims;
+        // `iat` ahead of our clock by more than the leeway: refused.
+        let latest = jsonwebtoken::get_current_timestamp().saturating_add(self.leeway_secs);
+        if u64::try_from(claims.iat).is_ok_and(|iat| iat > latest) {
+            return Err(refuse("iat is in the future beyond the leeway".into()));
+        }
+        Ok(claims)
     }
 }
 

@@ -113,6 +113,12 @@ pub struct RelayConfig {
     /// CloudEvents `ce_source` header value.
     #[arg(long, env = "RELAY_CE_SOURCE", default_value = "/realchat/auth")]
     pub ce_source: String,
+
+    /// Log format: `text` (human-readable) or `json` (one object per line,
+    /// for log shippers). The level comes from `RUST_LOG` (default `info`).
+    #[arg(long, env = "RELAY_LOG_FORMAT", default_value = "text",
+          value_parser = ["text", "json"])]
+    pub log_format: String,
 }
 
 impl RelayConfig {

@@ -11,7 +11,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
-mod kafka;
+pub mod kafka;
 pub mod observe;
 mod outbox;
 mod retention;

@@ -15,7 +15,12 @@ async fn main() -> anyhow::Result<()> {
         .extend(realchat_relay::kafka_settings_from_env(std::env::vars()));
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if config.log_format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
     realchat_relay::run(config, shutdown_signal()).await
 }
 

@@ -104,14 +104,19 @@ pub async fn drain_batch(
 
     let mut acked = Vec::with_capacity(enqueued);
     let mut first_error = None;
+    // Events the broker did not acknowledge (failed or timed out); rows left
+    // unmarked for other reasons (after a failure, or never queued) are not.
+    let mut failed = 0u64;
     for (row, report) in rows.iter().zip(reports) {
         match report {
             Ok(Ok(_)) if first_error.is_none() => acked.push(row.id),
             Ok(Ok(_)) => {}
             Ok(Err((e, _))) => {
+                failed += 1;
                 first_error.get_or_insert_with(|| e.to_string());
             }
             Err(_) => {
+                failed += 1;
                 first_error.get_or_insert_with(|| "delivery report dropped".to_owned());
             }
         }
@@ -124,7 +129,7 @@ pub async fn drain_batch(
     }
     tracing::debug!(claimed = rows.len(), published = acked.len(), "batch done");
     metrics::counter!(names::PUBLISHED).increment(acked.len() as u64);
-    metrics::counter!(names::FAILURES).increment((rows.len() - acked.len()) as u64);
+    metrics::counter!(names::FAILURES).increment(failed);
     metrics::histogram!(names::BATCH_SIZE).record(rows.len() as f64);
     metrics::histogram!(names::BATCH_DURATION).record(started.elapsed().as_secs_f64());
     match first_error {

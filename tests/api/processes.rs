@@ -41,6 +41,8 @@ fn relay_bin() -> PathBuf {
 pub struct Process {
     child: Child,
     logs: Arc<Mutex<Vec<String>>>,
+    /// The tasks reading stdout and stderr into `logs`.
+    readers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// The relay process.
@@ -96,19 +98,24 @@ impl Process {
             .spawn()
             .expect("start the process");
         let logs = Arc::new(Mutex::new(Vec::new()));
+        let mut readers = Vec::new();
         for stream in [
             Box::new(child.stdout.take().unwrap()) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
             Box::new(child.stderr.take().unwrap()),
         ] {
             let logs = Arc::clone(&logs);
-            tokio::spawn(async move {
+            readers.push(tokio::spawn(async move {
                 let mut lines = BufReader::new(stream).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
                     logs.lock().unwrap().push(line);
                 }
-            });
+            }));
         }
-        Self { child, logs }
+        Self {
+            child,
+            logs,
+            readers,
+        }
     }
 
     /// Waits until a log line contains `needle`; returns that line.
@@ -171,6 +178,20 @@ impl Process {
             .status()
             .unwrap();
         assert!(sent.success());
+    }
+
+    /// Waits for the process to exit (as [`Process::wait`]) and for its
+    /// output to be read to the end; returns the exit code and every line,
+    /// the shutdown's included.
+    pub async fn wait_with_logs(mut self) -> (Option<i32>, Vec<String>) {
+        let readers = std::mem::take(&mut self.readers);
+        let logs = Arc::clone(&self.logs);
+        let code = self.wait().await;
+        for reader in readers {
+            reader.await.unwrap();
+        }
+        let lines = logs.lock().unwrap().clone();
+        (code, lines)
     }
 
     /// Waits for the exit; returns the exit code.

@@ -162,8 +162,9 @@ async fn migrate_then_serve_with_json_logs_free_of_secrets_and_stop_gracefully()
         .await
         .unwrap()
         .expect("the in-flight request completes");
-    let logs = server.logs();
-    assert_eq!(server.wait().await, Some(0), "exit 0 after SIGTERM");
+    // Every line, the shutdown's included.
+    let (code, logs) = server.wait_with_logs().await;
+    assert_eq!(code, Some(0), "exit 0 after SIGTERM");
 
     let finished = logs
         .iter()
@@ -176,6 +177,7 @@ async fn migrate_then_serve_with_json_logs_free_of_secrets_and_stop_gracefully()
         for (what, secret) in [
             ("password", password),
             ("access token", login.access_token.as_str()),
+            ("rotated access token", refreshed.access_token.as_str()),
             ("refresh token", login.refresh_token.as_str()),
             ("rotated refresh token", refreshed.refresh_token.as_str()),
             ("password hash", hash.as_str()),

@@ -3,7 +3,9 @@
 //!
 //! An attempt is counted before its password is checked, in one atomic
 //! upsert, so parallel guesses cannot all pass a check made before any of
-//! them was counted. A success then takes its own attempt back: it resets
+//! them was counted. Statements lock rows in key order (the upsert), one row
+//! at a time, or skip locked rows (the purge), so concurrent logins of one
+//! account or client cannot deadlock. A success then takes its own attempt back: it resets
 //! the account and uncounts itself from the client, so the counts are of
 //! failures (and attempts still in flight).
 
@@ -46,6 +48,7 @@ pub async fn begin_attempt(
     let counted: Vec<(String, i32, f64)> = sqlx::query_as(
         "INSERT INTO login_throttle (key, failures, window_start)
          SELECT key, 1, now() FROM unnest(ARRAY[$1, $2]::text[]) AS key WHERE key IS NOT NULL
+         ORDER BY key
          ON CONFLICT (key) DO UPDATE SET
            failures = CASE WHEN login_throttle.window_start <= now() - make_interval(secs => $3)
                            THEN 1 ELSE login_throttle.failures + 1 END,
@@ -88,7 +91,8 @@ pub async fn purge(
     let done = sqlx::query(
         "DELETE FROM login_throttle WHERE key IN (
              SELECT key FROM login_throttle
-             WHERE window_start <= now() - make_interval(secs => $1) LIMIT $2)",
+             WHERE window_start <= now() - make_interval(secs => $1)
+             LIMIT $2 FOR UPDATE SKIP LOCKED)",
     )
     .bind(window_secs as f64)
     .bind(batch)
@@ -108,15 +112,15 @@ pub async fn succeeded(
     client: Option<&str>,
 ) -> Result<(), StoreError> {
     let (account_key, client_key) = keys(account, client);
-    sqlx::query(
-        "WITH forget AS (DELETE FROM login_throttle WHERE key = $1)
-         UPDATE login_throttle SET failures = failures - 1 WHERE key = $2 AND failures > 0",
-    )
-    .bind(account_key)
-    .bind(client_key)
-    .execute(conn)
-    .await?;
-    Ok(())
+    // One row per statement: a statement that locked both rows, in an order
+    // of its own, could deadlock with `begin_attempt`.
+    if let Some(key) = account_key {
+        sqlx::query("DELETE FROM login_throttle WHERE key = $1")
+            .bind(key)
+            .execute(&mut *conn)
+            .await?;
+    }
+    uncount(conn, client_key).await
 }
 
 /// Takes back an attempt whose password was never checked (the bcrypt pool
@@ -130,13 +134,19 @@ pub async fn abandoned(
     client: Option<&str>,
 ) -> Result<(), StoreError> {
     let (account_key, client_key) = keys(account, client);
-    sqlx::query(
-        "UPDATE login_throttle SET failures = failures - 1
-         WHERE key = ANY(ARRAY[$1, $2]::text[]) AND failures > 0",
-    )
-    .bind(account_key)
-    .bind(client_key)
-    .execute(conn)
-    .await?;
+    uncount(&mut *conn, account_key).await?;
+    uncount(conn, client_key).await
+}
+
+/// Takes one attempt back from `key`'s count.
+async fn uncount(conn: &mut PgConnection, key: Option<String>) -> Result<(), StoreError> {
+    if let Some(key) = key {
+        sqlx::query(
+            "UPDATE login_throttle SET failures = failures - 1 WHERE key = $1 AND failures > 0",
+        )
+        .bind(key)
+        .execute(conn)
+        .await?;
+    }
     Ok(())
 }

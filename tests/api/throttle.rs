@@ -250,3 +250,40 @@ async fn a_full_bcrypt_queue_refuses_at_once_with_retry_info() {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn concurrent_logins_of_one_account_and_client_never_fail_internally() {
+    // Each login counts an attempt (account and client rows) and a success
+    // takes it back; rows locked in different orders deadlocked (INTERNAL).
+    let app = TestApp::spawn_with(|c| {
+        c.login_max_failures_per_account = 1000;
+        c.login_max_failures_per_client = 1000;
+    })
+    .await;
+    app.register("vic@example.com", "vic's password").await;
+    for _ in 0..5 {
+        let calls = (0..24).map(|i| {
+            let mut client = app.client.clone();
+            // A third of them fail, so counts go up and down at once.
+            let password = if i % 3 == 0 {
+                "wrong guess"
+            } else {
+                "vic's password"
+            };
+            async move { login(&mut client, "vic@example.com", password, None).await }
+        });
+        for (i, result) in futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            match result {
+                Ok(()) => assert_ne!(i % 3, 0, "a wrong password logged in"),
+                Err(status) => {
+                    assert_eq!(status.code(), Code::Unauthenticated, "call {i}: {status:?}");
+                    assert_eq!(i % 3, 0, "call {i} with the right password refused");
+                }
+            }
+        }
+    }
+}

@@ -47,6 +47,14 @@ pub struct Config {
           value_parser = TypedValueParser::map(clap::value_parser!(u32).range(0..=1_000_000), |n| n as usize))]
     pub bcrypt_queue: usize,
 
+    /// Scheduling of the bcrypt threads: `idle` (Linux SCHED_IDLE: they
+    /// run on cycles nothing else wants, so hashing never delays Refresh,
+    /// Logout or the database work, and still takes every idle core) or
+    /// `normal` (the same as every other thread).
+    #[arg(long, env = "AUTH_BCRYPT_PRIORITY", default_value = "idle",
+          value_parser = ["idle", "normal"])]
+    pub bcrypt_priority: String,
+
     /// PEM file with the PKCS#8 private key that signs tokens: Ed25519
     /// (EdDSA) or P-256 (ES256). Unset: an Ed25519 key is generated at start
     /// and tokens do not survive a restart.

@@ -50,6 +50,9 @@ pub struct HasherSettings {
     pub threads: usize,
     /// Jobs that may wait for a worker beyond the ones running.
     pub queue: usize,
+    /// Run the workers under SCHED_IDLE (Linux), so the async runtime and
+    /// everything else comes first when both want a core.
+    pub idle_priority: bool,
 }
 
 /// A bcrypt hasher with its own bounded thread pool. Cheap to clone.
@@ -81,9 +84,15 @@ impl PasswordHasher {
         } else {
             settings.threads
         };
+        let idle_priority = settings.idle_priority;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("bcrypt-{i}"))
+            .start_handler(move |_| {
+                if idle_priority {
+                    schedule_as_idle();
+                }
+            })
             .build()?;
         let dummy_hash = bcrypt::hash(uuid::Uuid::new_v4().to_string(), settings.cost)?;
         Ok(Self {
@@ -189,6 +198,27 @@ impl PasswordHasher {
     }
 }
 
+/// Moves the calling thread to SCHED_IDLE: any other runnable thread of
+/// the machine preempts it at once. Failing is logged, not fatal: bcrypt
+/// then runs at the normal priority.
+fn schedule_as_idle() {
+    #[cfg(target_os = "linux")]
+    {
+        use thread_priority::unix::{
+            NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy,
+            thread_native_id,
+        };
+        let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+        if let Err(e) = set_thread_priority_and_policy(
+            thread_native_id(),
+            thread_priority::ThreadPriority::Min,
+            idle,
+        ) {
+            tracing::warn!(error = ?e, "cannot move the bcrypt threads to SCHED_IDLE");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,6 +228,7 @@ mod tests {
             cost,
             threads,
             queue,
+            idle_priority: false,
         })
         .unwrap()
     }

@@ -35,8 +35,11 @@ pub fn producer(config: &RelayConfig) -> Result<FutureProducer, KafkaError> {
         }
     }
     let mut client = client_config(config);
+    // No lingering: a claimed batch is queued at once, so waiting would only
+    // add latency to the lone event of a quiet outbox (librdkafka's default
+    // is 5 ms); RELAY_KAFKA_LINGER_MS still overrides it.
     if !config.kafka_config.iter().any(|(k, _)| k == "linger.ms") {
-        client.set("linger.ms", "5");
+        client.set("linger.ms", "0");
     }
     client
         .set("message.timeout.ms", config.delivery_timeout_ms.to_string())

@@ -86,22 +86,25 @@ pub async fn run(config: RelayConfig, shutdown: impl Future<Output = ()>) -> any
         }
 
         let mut listener = listen(&pool).await;
+        let mut pipeline = outbox::Pipeline::default();
         let mut backoff = poll;
         let mut next_cleanup = Instant::now();
         let mut next_backlog = Instant::now();
         loop {
             if shutdown.as_mut().now_or_never().is_some() {
+                finish(&mut pipeline, &pool).await;
                 break 'standby;
             }
             if let Err(e) = sqlx::query("SELECT 1").execute(&mut lock).await {
                 tracing::warn!(error = %e, "lost the relay lock connection; standing by");
+                finish(&mut pipeline, &pool).await;
                 continue 'standby;
             }
             if Instant::now() >= next_cleanup {
                 retention::delete_expired(&pool, &config).await;
                 next_cleanup = Instant::now() + Duration::from_secs(config.cleanup_interval_secs);
             }
-            let outcome = outbox::drain_batch(&pool, &producer, &config, &mut topics).await;
+            let outcome = pipeline.step(&pool, &producer, &config, &mut topics).await;
             if Instant::now() >= next_backlog {
                 observe::update_backlog(&pool).await;
                 next_backlog = Instant::now() + Duration::from_secs(1);
@@ -146,6 +149,14 @@ pub async fn run(config: RelayConfig, shutdown: impl Future<Output = ()>) -> any
     kafka::flush(&producer);
     pool.close().await;
     Ok(())
+}
+
+/// Completes the batch in flight; a failure leaves its rows unmarked, to be
+/// sent again (at-least-once), and is only logged.
+async fn finish(pipeline: &mut outbox::Pipeline, pool: &PgPool) {
+    if let Err(e) = pipeline.finish(pool).await {
+        tracing::warn!(error = %e, "the last batch did not fully publish");
+    }
 }
 
 /// Completes at the next `NOTIFY outbox` or at `deadline`, whichever is first.

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -15,6 +15,7 @@ use crate::{RelayConfig, kafka};
 #[derive(Debug, sqlx::FromRow)]
 struct Row {
     id: Uuid,
+    seq: i64,
     aggregatetype: String,
     aggregateid: String,
     #[sqlx(rename = "type")]
@@ -38,31 +39,128 @@ pub enum BatchError {
     },
 }
 
-/// Claims up to `batch_size` unpublished rows in `seq` order, produces them in
-/// that order, waits for every delivery report, and marks published the rows
-/// up to the first failure. Rows after a failure stay unpublished even when
-/// acknowledged, so a retry resends them after the failed one and per-key
-/// order holds (their duplicates carry the same `ce_id`). Returns the number
-/// of rows claimed.
-///
-/// # Errors
-/// [`BatchError`]; rows not marked are claimed again by a later batch.
-pub async fn drain_batch(
+/// A claimed batch whose messages are with the producer.
+pub struct InFlight {
+    /// Ids and `seq` of the claimed rows, in `seq` order.
+    rows: Vec<(Uuid, i64)>,
+    /// Delivery reports of the first `deliveries.len()` rows (the producer's
+    /// queue may have refused the rest; they stay unpublished).
+    deliveries: Vec<DeliveryFuture>,
+    started: std::time::Instant,
+}
+
+impl InFlight {
+    /// The `seq` range of the batch: rows inside it that are not in it (late
+    /// commits) wait until the batch is done.
+    fn range(&self) -> Option<(i64, i64)> {
+        Some((self.rows.first()?.1, self.rows.last()?.1))
+    }
+}
+
+/// The relay's two-stage pipeline: while one batch waits for the broker's
+/// acknowledgements, the next one is claimed and produced, so database and
+/// broker work overlap. Batches complete (are marked) in claim order.
+#[derive(Default)]
+pub struct Pipeline {
+    in_flight: Option<InFlight>,
+}
+
+impl Pipeline {
+    /// One step: claims up to `batch_size` unpublished rows in `seq` order
+    /// (skipping the batch in flight) and produces them, then completes the
+    /// batch that was in flight before (see [`complete`]). When fewer rows
+    /// than a full batch were claimed, or the producer's queue refused some,
+    /// the new batch is completed too, so a quiet outbox leaves nothing in
+    /// flight. Returns the number of rows handed to the producer.
+    ///
+    /// # Errors
+    /// [`BatchError`]. After an error nothing is in flight, and no row after
+    /// the failure is marked, so a retry resends them in order.
+    pub async fn step(
+        &mut self,
+        pool: &PgPool,
+        producer: &FutureProducer,
+        config: &RelayConfig,
+        topics: &mut HashSet<String>,
+    ) -> Result<usize, BatchError> {
+        let previous = self.in_flight.take();
+        let claimed =
+            match claim_and_produce(pool, producer, config, topics, previous.as_ref()).await {
+                Ok(batch) => batch,
+                Err(e) => {
+                    if let Some(previous) = previous {
+                        complete(pool, previous).await?;
+                    }
+                    return Err(e);
+                }
+            };
+        if let Some(previous) = previous
+            && let Err(e) = complete(pool, previous).await
+        {
+            // The newer batch was produced after the failed row: leave it
+            // unmarked (its reports are awaited so none is left behind).
+            if let Some(batch) = claimed {
+                futures::future::join_all(batch.deliveries).await;
+            }
+            return Err(e);
+        }
+        let Some(batch) = claimed else {
+            return Ok(0);
+        };
+        // Only a full batch that the producer took whole stays in flight
+        // beside the next one: after a short batch the outbox is drained,
+        // and after a refused message the next batch must wait for it.
+        let full = batch.rows.len() >= usize::try_from(config.batch_size).unwrap_or(usize::MAX);
+        let enqueued = batch.deliveries.len();
+        if full && enqueued == batch.rows.len() {
+            self.in_flight = Some(batch);
+            Ok(enqueued)
+        } else {
+            complete(pool, batch).await?;
+            Ok(enqueued)
+        }
+    }
+
+    /// Completes the batch in flight, if any: used before stopping or
+    /// standing by, so everything acknowledged is marked.
+    ///
+    /// # Errors
+    /// [`BatchError`].
+    pub async fn finish(&mut self, pool: &PgPool) -> Result<(), BatchError> {
+        match self.in_flight.take() {
+            Some(batch) => complete(pool, batch).await.map(drop),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Claims up to `batch_size` unpublished rows in `seq` order, skipping the
+/// `seq` range of `in_flight`, and hands them to the producer in that order.
+/// `None` when there is nothing to claim.
+async fn claim_and_produce(
     pool: &PgPool,
     producer: &FutureProducer,
     config: &RelayConfig,
     topics: &mut HashSet<String>,
-) -> Result<usize, BatchError> {
+    in_flight: Option<&InFlight>,
+) -> Result<Option<InFlight>, BatchError> {
     let started = std::time::Instant::now();
+    // Claiming is by the flag, never by a cursor: the range only keeps the
+    // batch in flight from being claimed twice, and a late commit inside it
+    // is claimed once that batch is done.
+    let (lo, hi) = in_flight.and_then(InFlight::range).unwrap_or((0, -1));
     let rows: Vec<Row> = sqlx::query_as(
-        "SELECT id, aggregatetype, aggregateid, type, payload::text AS payload, created_at
-         FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT $1",
+        "SELECT id, seq, aggregatetype, aggregateid, type, payload::text AS payload, created_at
+         FROM outbox WHERE published_at IS NULL AND (seq < $2 OR seq > $3)
+         ORDER BY seq LIMIT $1",
     )
     .bind(config.batch_size)
+    .bind(lo)
+    .bind(hi)
     .fetch_all(pool)
     .await?;
     if rows.is_empty() {
-        return Ok(0);
+        return Ok(None);
     }
     let names: Vec<String> = rows
         .iter()
@@ -99,17 +197,34 @@ pub async fn drain_batch(
             }
         }
     }
-    let enqueued = deliveries.len();
-    let reports = futures::future::join_all(deliveries).await;
+    Ok(Some(InFlight {
+        rows: rows.iter().map(|r| (r.id, r.seq)).collect(),
+        deliveries,
+        started,
+    }))
+}
+
+/// Waits for every delivery report of `batch` and marks published the rows
+/// up to the first failure. Rows after a failure stay unpublished even when
+/// acknowledged, so a retry resends them after the failed one and per-key
+/// order holds (their duplicates carry the same `ce_id`). Returns the number
+/// of rows marked.
+///
+/// # Errors
+/// [`BatchError`]; rows not marked are claimed again by a later batch.
+async fn complete(pool: &PgPool, batch: InFlight) -> Result<usize, BatchError> {
+    let enqueued = batch.deliveries.len();
+    let claimed = batch.rows.len();
+    let reports = futures::future::join_all(batch.deliveries).await;
 
     let mut acked = Vec::with_capacity(enqueued);
     let mut first_error = None;
     // Events the broker did not acknowledge (failed or timed out); rows left
     // unmarked for other reasons (after a failure, or never queued) are not.
     let mut failed = 0u64;
-    for (row, report) in rows.iter().zip(reports) {
+    for ((id, _), report) in batch.rows.iter().zip(reports) {
         match report {
-            Ok(Ok(_)) if first_error.is_none() => acked.push(row.id),
+            Ok(Ok(_)) if first_error.is_none() => acked.push(*id),
             Ok(Ok(_)) => {}
             Ok(Err((e, _))) => {
                 failed += 1;
@@ -127,19 +242,18 @@ pub async fn drain_batch(
             .execute(pool)
             .await?;
     }
-    tracing::debug!(claimed = rows.len(), published = acked.len(), "batch done");
+    tracing::debug!(claimed, published = acked.len(), "batch done");
     metrics::counter!(names::PUBLISHED).increment(acked.len() as u64);
     metrics::counter!(names::FAILURES).increment(failed);
-    metrics::histogram!(names::BATCH_SIZE).record(rows.len() as f64);
-    metrics::histogram!(names::BATCH_DURATION).record(started.elapsed().as_secs_f64());
+    metrics::histogram!(names::BATCH_SIZE).record(claimed as f64);
+    metrics::histogram!(names::BATCH_DURATION).record(batch.started.elapsed().as_secs_f64());
     match first_error {
         Some(first) => Err(BatchError::Undelivered {
-            failed: rows.len() - acked.len(),
-            claimed: rows.len(),
+            failed: claimed - acked.len(),
+            claimed,
             first,
         }),
-        None if enqueued < rows.len() => Ok(enqueued),
-        None => Ok(rows.len()),
+        None => Ok(acked.len()),
     }
 }
 

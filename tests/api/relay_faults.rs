@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use uuid::Uuid;
 
 use crate::helpers::{TestApp, bootstrap_servers, eventually};
@@ -13,6 +14,44 @@ use crate::relay::{Event, collect, consumer, consumer_on};
 
 fn prefix() -> String {
     format!("rc-test-{}.", Uuid::new_v4().simple())
+}
+
+/// Messages the broker holds on `topic` (the sum of its partitions' high
+/// watermarks).
+fn messages_on(consumer: &StreamConsumer, topic: &str) -> i64 {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .unwrap();
+    let partitions = metadata.topics()[0].partitions().len() as i32;
+    (0..partitions)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(5))
+                .unwrap()
+                .1
+        })
+        .sum()
+}
+
+/// Rows marked published, once no statement of another connection (the
+/// relay's) is still running in the test's database.
+async fn settled_marked(app: &TestApp, total: i64) -> i64 {
+    eventually(
+        Duration::from_secs(10),
+        "the relay's statements to end",
+        || async {
+            let running: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND state = 'active' AND pid <> pg_backend_pid()",
+            )
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+            (running == 0).then_some(())
+        },
+    )
+    .await;
+    total - app.unpublished().await
 }
 
 fn distinct_ids(events: &[Event]) -> HashSet<Uuid> {
@@ -131,33 +170,55 @@ async fn sigkill_mid_batch_then_restart_loses_nothing_and_keeps_per_key_order() 
     let app = TestApp::spawn().await;
     let prefix = prefix();
     let topic = format!("{prefix}user");
-    let total = 10_000;
+    let total = 20_000;
     let ids = insert_events(&app.pool, 10, total).await;
     let env = [("RELAY_BATCH_SIZE", "1000")];
     let relay = RelayProcess::start(&app.database_url, &bootstrap_servers(), &prefix, &env);
-    // Kill it once some rows are marked and some are not: it is between
-    // claiming and marking a batch, or about to claim the next.
-    eventually(
+    let watcher = consumer_on(&bootstrap_servers(), &topic).await;
+    // Freeze the relay (SIGSTOP) until it is caught with acknowledged rows
+    // not yet marked: more messages on the topic than rows marked. Killed
+    // there, those rows must be sent again, as duplicates.
+    let on_topic = eventually(
         Duration::from_secs(60),
-        "the relay to be part-way through",
-        || async {
-            let left = app.unpublished().await;
-            (left > 0 && left < total).then_some(())
+        "the relay frozen between acknowledgement and mark",
+        || {
+            relay.signal("-STOP");
+            let on_topic = messages_on(&watcher, &topic);
+            let (app, relay) = (&app, &relay);
+            async move {
+                let marked = settled_marked(&app, total).await;
+                assert!(
+                    marked < total,
+                    "the relay finished before it was caught"
+                );
+                if on_topic > marked {
+                    Some(on_topic)
+                } else {
+                    relay.signal("-CONT");
+                    None
+                }
+            }
         },
     )
     .await;
     relay.kill().await;
-    assert!(app.unpublished().await > 0, "killed before the end");
+    let unmarked_acked = on_topic - settled_marked(&app, total).await;
+    assert!(unmarked_acked > 0, "caught with acknowledged rows unmarked");
 
     let relay = RelayProcess::start(&app.database_url, &bootstrap_servers(), &prefix, &env);
     app.wait_all_published(Duration::from_secs(120)).await;
     let consumer = consumer_on(&bootstrap_servers(), &topic).await;
     let wanted: HashSet<Uuid> = ids.into_iter().collect();
+    let least = wanted.len() + usize::try_from(unmarked_acked).unwrap();
     let events = collect(&consumer, Duration::from_secs(120), |events| {
-        distinct_ids(events).len() == wanted.len()
+        distinct_ids(events).len() == wanted.len() && events.len() >= least
     })
     .await;
     assert_eq!(distinct_ids(&events), wanted);
+    assert!(
+        events.len() >= least,
+        "{unmarked_acked} acknowledged rows were unmarked at the kill: each is sent again"
+    );
     assert_duplicates_and_per_key_order(&events);
     assert_eq!(relay.terminate().await, Some(0));
     app.stop().await;

@@ -186,7 +186,7 @@ async fn sigkill_mid_batch_then_restart_loses_nothing_and_keeps_per_key_order() 
             let on_topic = messages_on(&watcher, &topic);
             let (app, relay) = (&app, &relay);
             async move {
-                let marked = settled_marked(&app, total).await;
+                let marked = settled_marked(app, total).await;
                 assert!(
                     marked < total,
                     "the relay finished before it was caught"

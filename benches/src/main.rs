@@ -98,6 +98,12 @@ struct Args {
     /// Where the JSON report goes.
     #[arg(long, default_value = "target/bench/results.json")]
     json: PathBuf,
+    /// Diagnosis only, never a production setting: the benchmark's database
+    /// runs with `synchronous_commit = off`, so commits do not wait for the
+    /// WAL to reach the disk; comparing with a normal run shows how much of
+    /// a latency is the disk flush.
+    #[arg(long)]
+    async_commit: bool,
     /// A few-seconds run (cost 4, 1 s windows, 2,000 rows, one run) that
     /// checks the harness works; its figures mean nothing.
     #[arg(long)]
@@ -140,6 +146,13 @@ async fn main() -> anyhow::Result<()> {
     sqlx::query(&format!("CREATE DATABASE \"{database}\""))
         .execute(&mut admin)
         .await?;
+    if args.async_commit {
+        sqlx::query(&format!(
+            "ALTER DATABASE \"{database}\" SET synchronous_commit = off"
+        ))
+        .execute(&mut admin)
+        .await?;
+    }
     let result = bench(&args, cores, concurrency, &id, &database_url).await;
     // Dropped whatever happened; the child processes are gone by now.
     sqlx::query(&format!(
@@ -319,6 +332,7 @@ async fn bench(
             latency_rate: args.latency_rate,
             runs: args.runs,
             smoke: args.smoke,
+            async_commit: args.async_commit,
             bin_dir: args.bin_dir.display().to_string(),
         },
         runs,

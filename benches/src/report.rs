@@ -98,6 +98,7 @@ pub struct Settings {
     pub latency_rate: Option<f64>,
     pub runs: usize,
     pub smoke: bool,
+    pub async_commit: bool,
     pub bin_dir: String,
 }
 
@@ -391,10 +392,10 @@ impl Report {
             s.relay_rows,
             s.latency_secs,
             s.runs,
-            if s.smoke {
-                ", SMOKE (figures mean nothing)"
-            } else {
-                ""
+            match (s.smoke, s.async_commit) {
+                (true, _) => ", SMOKE (figures mean nothing)",
+                (false, true) => ", DIAGNOSIS: synchronous_commit = off",
+                (false, false) => "",
             }
         );
         let _ = writeln!(out, "| # | Figure | Value | Ratio | Target | Met |");

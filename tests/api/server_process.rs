@@ -1,5 +1,6 @@
 //! The real `realchat-auth` binary: the migrate subcommand, start-up without
-//! migrations, JSON logs free of secrets, and graceful shutdown.
+//! migrations, JSON logs free of secrets, and graceful shutdown (in-flight
+//! requests finish; past the deadline they are dropped).
 
 use std::time::Duration;
 
@@ -197,4 +198,55 @@ async fn migrate_then_serve_with_json_logs_free_of_secrets_and_stop_gracefully()
             );
         }
     }
+}
+
+#[tokio::test]
+async fn the_shutdown_deadline_drops_requests_that_outlast_it() {
+    // A bcrypt hash at cost 16 (16 times cost 12) takes seconds on any
+    // current machine, so the Register in flight cannot finish within the
+    // 1 s deadline: the server exits 0 without it.
+    let database_url = create_database().await;
+    let server = server(
+        &database_url,
+        &[
+            ("AUTH_BCRYPT_COST", "16"),
+            ("AUTH_BCRYPT_THREADS", "1"),
+            ("AUTH_SHUTDOWN_TIMEOUT_SECS", "1"),
+        ],
+    );
+    let client = AuthApiClient::connect(grpc_url(&server).await)
+        .await
+        .unwrap();
+    let before = server.logs().len();
+    let in_flight = tokio::spawn({
+        let mut client = client.clone();
+        async move {
+            client
+                .register(RegisterRequest {
+                    email: "slow@example.com".into(),
+                    password: "a good password".into(),
+                })
+                .await
+        }
+    });
+    server
+        .wait_log_after(before, "request started", Duration::from_secs(10))
+        .await;
+    server.signal("-TERM");
+    let (code, logs) = server.wait_with_logs().await;
+    assert_eq!(code, Some(0), "exit 0 after the deadline");
+    assert!(
+        logs.iter().any(|l| l.contains("shutdown deadline passed")),
+        "the deadline is logged"
+    );
+    assert!(
+        in_flight.await.unwrap().is_err(),
+        "the request outlasting the deadline is dropped, not answered"
+    );
+    let pool = sqlx::PgPool::connect(&database_url).await.unwrap();
+    let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(users, 0, "nothing half-done was stored");
 }

@@ -176,6 +176,24 @@ pub struct Config {
 }
 
 impl Config {
+    /// The settings from the command line and the environment, as
+    /// [`clap::Parser::parse`] reads them, except that each setting's value
+    /// is named by its environment variable (`--bcrypt-cost
+    /// <AUTH_BCRYPT_COST>`), in `--help` and in the error that a bad value
+    /// gives at start, since deployments mostly set the variables. Exits
+    /// (status 2) on a bad value.
+    pub fn from_args_and_env() -> Self {
+        use clap::{CommandFactory as _, FromArgMatches as _};
+        let command = Self::command().mut_args(|arg| match arg.get_env() {
+            Some(env) => {
+                let name = env.to_string_lossy().into_owned();
+                arg.value_name(name)
+            }
+            None => arg,
+        });
+        Self::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit())
+    }
+
     /// The paths of `AUTH_VERIFICATION_KEY_FILES`: comma separated, spaces
     /// around entries and empty entries ignored.
     pub fn verification_key_paths(&self) -> Vec<PathBuf> {

@@ -1,6 +1,5 @@
 //! `realchat-auth`: the gRPC server. Thin: config, tracing, run.
 
-use clap::Parser as _;
 use realchat_auth::config::{Command, Config};
 use realchat_auth::startup::{Application, migrate};
 
@@ -10,7 +9,7 @@ const DEFAULT_LOG_FILTER: &str = "info,sqlx::postgres::notice=warn";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
+    let config = Config::from_args_and_env();
     init_tracing(&config.log_format);
     if let Some(Command::Migrate) = config.command {
         migrate(&config).await?;

@@ -122,6 +122,23 @@ pub struct RelayConfig {
 }
 
 impl RelayConfig {
+    /// The settings from the command line and the environment, as
+    /// [`clap::Parser::parse`] reads them, except that each setting's value
+    /// is named by its environment variable (`--batch-size
+    /// <RELAY_BATCH_SIZE>`), in `--help` and in the error that a bad value
+    /// gives at start. Exits (status 2) on a bad value.
+    pub fn from_args_and_env() -> Self {
+        use clap::{CommandFactory as _, FromArgMatches as _};
+        let command = Self::command().mut_args(|arg| match arg.get_env() {
+            Some(env) => {
+                let name = env.to_string_lossy().into_owned();
+                arg.value_name(name)
+            }
+            None => arg,
+        });
+        Self::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit())
+    }
+
     /// The topic of an aggregate type: its entry in `RELAY_TOPICS`, else
     /// `<topic_prefix><aggregatetype>`.
     pub fn topic_for(&self, aggregatetype: &str) -> String {

@@ -1,6 +1,5 @@
 //! `realchat-relay`: publishes the auth service's outbox to Kafka.
 
-use clap::Parser as _;
 use realchat_relay::RelayConfig;
 
 /// `RUST_LOG` when unset: info, less PostgreSQL's notices ("relation
@@ -9,7 +8,7 @@ const DEFAULT_LOG_FILTER: &str = "info,sqlx::postgres::notice=warn";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut config = RelayConfig::parse();
+    let mut config = RelayConfig::from_args_and_env();
     config
         .kafka_config
         .extend(realchat_relay::kafka_settings_from_env(std::env::vars()));

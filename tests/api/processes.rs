@@ -15,7 +15,7 @@ use crate::helpers::eventually;
 
 /// The relay binary, built next to this test binary (`scripts/test.sh`
 /// builds it first) or named by `REALCHAT_RELAY_BIN`.
-fn relay_bin() -> PathBuf {
+pub fn relay_bin() -> PathBuf {
     if let Some(path) = std::env::var_os("REALCHAT_RELAY_BIN") {
         return path.into();
     }

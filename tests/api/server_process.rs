@@ -250,3 +250,30 @@ async fn the_shutdown_deadline_drops_requests_that_outlast_it() {
         .unwrap();
     assert_eq!(users, 0, "nothing half-done was stored");
 }
+
+#[tokio::test]
+async fn a_bad_setting_stops_each_binary_at_start_naming_its_variable() {
+    for (bin, variable, value) in [
+        (
+            std::path::PathBuf::from(env!("CARGO_BIN_EXE_realchat-auth")),
+            "AUTH_BCRYPT_COST",
+            "abc",
+        ),
+        (
+            std::path::PathBuf::from(env!("CARGO_BIN_EXE_realchat-auth")),
+            "AUTH_BCRYPT_QUEUE",
+            "99999999999",
+        ),
+        (crate::processes::relay_bin(), "RELAY_BATCH_SIZE", "0"),
+    ] {
+        let mut command = command(&bin);
+        command.env(variable, value);
+        let (code, logs) = Process::spawn(command).wait_with_logs().await;
+        assert_eq!(code, Some(2), "{variable}={value}");
+        assert!(
+            logs.iter()
+                .any(|l| l.contains(variable) && l.contains(value)),
+            "{variable}={value}: {logs:?}"
+        );
+    }
+}

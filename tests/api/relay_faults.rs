@@ -187,10 +187,7 @@ async fn sigkill_mid_batch_then_restart_loses_nothing_and_keeps_per_key_order() 
             let (app, relay) = (&app, &relay);
             async move {
                 let marked = settled_marked(app, total).await;
-                assert!(
-                    marked < total,
-                    "the relay finished before it was caught"
-                );
+                assert!(marked < total, "the relay finished before it was caught");
                 if on_topic > marked {
                     Some(on_topic)
                 } else {

@@ -228,20 +228,27 @@ impl AuthService {
         // cannot all slip under the limit. Unknown accounts are counted
         // too, so throttling reveals nothing.
         let account = email.as_ref().map(Email::as_str);
-        let credentials = {
+        let (credentials, mut attempt) = {
             let mut conn = self.pool.acquire().await?;
             if let Some(secs) =
                 store::throttle::begin_attempt(&mut conn, account, client, self.throttle).await?
             {
-                // Refused before bcrypt: a blocked guesser costs a query.
+                // Refused before bcrypt: a blocked guesser costs a query,
+                // and a refusal is not a failure, so it is taken back (else
+                // a burst of correct logins would block its own client).
+                store::throttle::abandoned(&mut conn, account, client).await?;
                 return Err(ServiceError::Throttled {
                     retry_after: std::time::Duration::from_secs_f64(secs.ceil()),
                 });
             }
-            match &email {
+            // From here, an attempt that ends without its password checked
+            // (timeout, cancellation, database error) is taken back too.
+            let attempt = PendingAttempt::new(self.pool.clone(), account, client);
+            let credentials = match &email {
                 Some(email) => store::users::find_credentials(&mut conn, email).await?,
                 None => None,
-            }
+            };
+            (credentials, attempt)
         };
         let (user_id, stored) = match credentials {
             Some(c) => (Some(c.id), Some(c.password_hash)),
@@ -252,6 +259,7 @@ impl AuthService {
             Err(e) => {
                 // Refused before the password was checked (pool full): not a
                 // failure, so a busy server never locks anyone out.
+                attempt.decided();
                 let mut conn = self.pool.acquire().await?;
                 store::throttle::abandoned(&mut conn, account, client).await?;
                 return Err(e.into());
@@ -260,11 +268,15 @@ impl AuthService {
         let user_id = match (verified.matched, user_id) {
             (true, Some(user_id)) => user_id,
             // The attempt was counted before bcrypt: a failure stays counted.
-            _ => return Err(ServiceError::InvalidCredentials),
+            _ => {
+                attempt.decided();
+                return Err(ServiceError::InvalidCredentials);
+            }
         };
         // One connection for the rest; none was held during bcrypt.
         let mut conn = self.pool.acquire().await?;
         store::throttle::succeeded(&mut conn, account, client).await?;
+        attempt.decided();
         if let Some(new_hash) = verified.upgraded_hash {
             // The cost was raised since this hash was made: store the
             // stronger one. A failure here must not fail the login.
@@ -459,6 +471,56 @@ fn email_violation(error: EmailError) -> FieldViolation {
     FieldViolation {
         field: "email",
         description: error.to_string(),
+    }
+}
+
+/// A login attempt counted by `throttle::begin_attempt` whose password
+/// check has not ended. Dropped undecided (the request timed out or was
+/// cancelled, or the database failed), it is taken back in the background:
+/// only a checked wrong password may stay counted, so a slow or overloaded
+/// server never locks a user out.
+struct PendingAttempt {
+    pool: PgPool,
+    account: Option<String>,
+    client: Option<String>,
+    decided: bool,
+}
+
+impl PendingAttempt {
+    fn new(pool: PgPool, account: Option<&str>, client: Option<&str>) -> Self {
+        Self {
+            pool,
+            account: account.map(str::to_owned),
+            client: client.map(str::to_owned),
+            decided: false,
+        }
+    }
+
+    /// The attempt's outcome is settled (counted as a failure, or taken back
+    /// by the caller): nothing to do on drop.
+    fn decided(&mut self) {
+        self.decided = true;
+    }
+}
+
+impl Drop for PendingAttempt {
+    fn drop(&mut self) {
+        if self.decided {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (pool, account, client) = (self.pool.clone(), self.account.take(), self.client.take());
+        runtime.spawn(async move {
+            let taken_back = async {
+                let mut conn = pool.acquire().await.map_err(StoreError::from)?;
+                throttle::abandoned(&mut conn, account.as_deref(), client.as_deref()).await
+            };
+            if let Err(e) = taken_back.await {
+                tracing::warn!(error = %e, "could not take back an unfinished login attempt");
+            }
+        });
     }
 }
 

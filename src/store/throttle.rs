@@ -3,11 +3,13 @@
 //!
 //! An attempt is counted before its password is checked, in one atomic
 //! upsert, so parallel guesses cannot all pass a check made before any of
-//! them was counted. Statements lock rows in key order (the upsert), one row
-//! at a time, or skip locked rows (the purge), so concurrent logins of one
-//! account or client cannot deadlock. A success then takes its own attempt back: it resets
-//! the account and uncounts itself from the client, so the counts are of
-//! failures (and attempts still in flight).
+//! them was counted. A success then takes its own attempt back: it resets
+//! the account and uncounts itself from the client. So does an attempt that
+//! was refused (by the throttle or a full bcrypt pool) or left unanswered
+//! (timed out, cancelled): the counts are of wrong passwords and attempts in
+//! flight. Statements lock rows in key order (the upsert), one row at a
+//! time, or skip locked rows (the purge), so concurrent logins of one
+//! account or client cannot deadlock.
 
 use sqlx::PgConnection;
 

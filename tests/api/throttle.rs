@@ -287,3 +287,80 @@ async fn concurrent_logins_of_one_account_and_client_never_fail_internally() {
         }
     }
 }
+
+/// The sum of every throttle count in `database_url`.
+async fn counted(database_url: &str) -> i64 {
+    let mut db = PgConnection::connect(database_url).await.unwrap();
+    sqlx::query_scalar("SELECT coalesce(sum(failures), 0)::int8 FROM login_throttle")
+        .fetch_one(&mut db)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_burst_of_correct_logins_leaves_nothing_counted() {
+    // One bcrypt thread: eight logins wait together, more than the account
+    // limit of five, so some are refused while the others are in flight.
+    let database_url = create_database().await;
+    let mut config = test_config(&database_url);
+    config.bcrypt_cost = 10;
+    config.bcrypt_threads = 1;
+    let app = TestApp::start(config, database_url.clone()).await;
+    app.register("wes@example.com", "wes's password").await;
+    let calls = (0..8).map(|_| {
+        let mut client = app.client.clone();
+        async move { login(&mut client, "wes@example.com", "wes's password", None).await }
+    });
+    let mut refused = 0;
+    for result in futures::future::join_all(calls).await {
+        if let Err(status) = result {
+            throttled(Err(status));
+            refused += 1;
+        }
+    }
+    assert!(refused >= 1, "eight at once over a limit of five");
+    // No password was wrong: neither the account nor the client keeps a
+    // count, so the refused ones do not pile up against the client.
+    assert_eq!(counted(&database_url).await, 0);
+    login(
+        &mut app.client.clone(),
+        "wes@example.com",
+        "wes's password",
+        None,
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_login_that_times_out_is_not_counted_as_a_failure() {
+    let database_url = create_database().await;
+    let first = TestApp::start(test_config(&database_url), database_url.clone()).await;
+    first.register("xia@example.com", "xia's password").await;
+    // A replica with a higher cost upgrades the hash at login, which at cost
+    // 15 outlasts its 1 s request timeout: the client gets UNAVAILABLE and
+    // no password verdict.
+    let mut config = test_config(&database_url);
+    config.bcrypt_cost = 15;
+    config.request_timeout_secs = 1;
+    let slow = TestApp::start(config, database_url.clone()).await;
+    let result = login(
+        &mut slow.client.clone(),
+        "xia@example.com",
+        "xia's password",
+        None,
+    )
+    .await;
+    let status = expect_code(result, Code::Unavailable);
+    assert_eq!(status.message(), "request timed out, retry later");
+    // The attempt was counted before bcrypt; unanswered, it is taken back.
+    eventually(
+        Duration::from_secs(10),
+        "the attempt to be taken back",
+        || {
+            let url = database_url.clone();
+            async move { (counted(&url).await == 0).then_some(()) }
+        },
+    )
+    .await;
+}

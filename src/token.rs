@@ -426,6 +426,10 @@ impl TokenService {
         if u64::try_from(data.claims.iat).is_ok_and(|iat| iat > latest) {
             return Err(invalid("iat is in the future beyond the leeway".into()));
         }
+        // Nothing we mint is issued before 1970 or after it expires.
+        if data.claims.iat < 0 || data.claims.iat > data.claims.exp {
+            return Err(invalid("iat is negative or after exp".into()));
+        }
         Ok(data.claims)
     }
 }

@@ -106,7 +106,8 @@ impl NewPassword {
 
 /// What a password looks like to a guesser, for the blocklist comparison
 /// only (the password itself is hashed as given): lower-cased, decomposed,
-/// without combining marks, invisible format characters or whitespace — so
+/// without combining marks, invisible format characters, blank letters or
+/// whitespace — so
 /// " password", "pass\u{200b}word" and "İloveyou" are caught.
 fn skeleton(text: &str) -> String {
     use unicode_normalization::UnicodeNormalization as _;
@@ -115,6 +116,7 @@ fn skeleton(text: &str) -> String {
         .nfkd()
         .filter(|c| {
             !c.is_whitespace()
+                && !BLANK_LETTERS.contains(c)
                 && !matches!(
                     c.general_category(),
                     GeneralCategory::NonspacingMark | GeneralCategory::Format
@@ -122,6 +124,11 @@ fn skeleton(text: &str) -> String {
         })
         .collect()
 }
+
+/// Characters that are letters or symbols by category but print as nothing:
+/// the Hangul fillers (Unicode's default-ignorable letters) and the blank
+/// Braille pattern.
+const BLANK_LETTERS: [char; 5] = ['\u{115F}', '\u{1160}', '\u{3164}', '\u{FFA0}', '\u{2800}'];
 
 /// A password presented at login: NFKC-normalised, free of control
 /// characters, and otherwise unchecked, so that a policy change never locks

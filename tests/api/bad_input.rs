@@ -139,6 +139,23 @@ fn bad_tokens(refresh: &str, access: &str, kid: &str, our_key: &[u8]) -> Tokens 
             }),
         ),
         (
+            "iat an hour ahead".into(),
+            sign(Algorithm::EdDSA, rt, k, &ours, &|c| {
+                c["iat"] = (now + 3600).into()
+            }),
+        ),
+        (
+            "iat negative".into(),
+            sign(Algorithm::EdDSA, rt, k, &ours, &|c| c["iat"] = (-1).into()),
+        ),
+        (
+            "iat after exp".into(),
+            sign(Algorithm::EdDSA, rt, k, &ours, &|c| {
+                c["iat"] = (now + 20).into();
+                c["exp"] = (now + 10).into();
+            }),
+        ),
+        (
             "wrong aud".into(),
             sign(Algorithm::EdDSA, rt, k, &ours, &|c| {
                 c["aud"] = "other".into()
@@ -347,6 +364,11 @@ fn cases(tokens: &Tokens) -> Vec<Case> {
         ("74 bytes, 3-byte chars", format!("{}xx", "€".repeat(24))),
         ("whitespace only", " ".repeat(8)),
         (
+            "Hangul fillers only",
+            "\u{3164}\u{ffa0}\u{1160}\u{115f}".repeat(2),
+        ),
+        ("blank Braille only", "\u{2800}".repeat(8)),
+        (
             "whitespace and invisible only",
             " \u{200b} \u{3000} \u{2060}    ".into(),
         ),
@@ -539,6 +561,7 @@ async fn hundreds_of_hostile_requests_get_their_status_and_never_internal() {
     let bad = bad_tokens(&tokens.refresh_token, &tokens.access_token, &kid, &der);
     let cases = cases(&bad);
     assert!(cases.len() >= 200, "only {} cases", cases.len());
+    eprintln!("{} bad-input cases", cases.len());
 
     let mut client = app.client.clone();
     let mut failures = Vec::new();

@@ -156,6 +156,10 @@ impl Verifier {
         if u64::try_from(claims.iat).is_ok_and(|iat| iat > latest) {
             return Err(refuse("iat is in the future beyond the leeway".into()));
         }
+        // A token issued before 1970 or after it expires is no real token.
+        if claims.iat < 0 || claims.iat > claims.exp {
+            return Err(refuse("iat is negative or after exp".into()));
+        }
         Ok(claims)
     }
 }

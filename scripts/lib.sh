@@ -13,6 +13,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TANSU_VERSION=0.6.0
 TANSU="${CARGO_HOME:-$HOME/.cargo}/bin/tansu"
+# Where cargo puts the binaries (honours CARGO_TARGET_DIR).
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 BROKER_PORT=9092
 
 CLEANUP=()

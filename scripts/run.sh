@@ -14,11 +14,11 @@ fi
 
 cargo build --workspace --locked --bins
 export AUTH_GRPC_ADDR="${AUTH_GRPC_ADDR:-127.0.0.1:50051}"
-./target/debug/realchat-auth &
+"$TARGET_DIR/debug/realchat-auth" &
 auth=$!
 CLEANUP+=("kill $auth 2>/dev/null; wait $auth 2>/dev/null")
 wait_port "${AUTH_GRPC_ADDR##*:}" 120 realchat-auth
-./target/debug/realchat-relay &
+"$TARGET_DIR/debug/realchat-relay" &
 relay=$!
 CLEANUP+=("kill $relay 2>/dev/null; wait $relay 2>/dev/null")
 log "Auth server on $AUTH_GRPC_ADDR, relay publishing to $KAFKA_BOOTSTRAP_SERVERS; Ctrl-C stops all"

@@ -14,7 +14,7 @@
 //! builds by default) on a database of its own, against a running
 //! PostgreSQL and broker; `scripts/bench.sh` provides both. Every figure is
 //! measured `--runs` times and reported as the median and spread, printed
-//! as a table and written as JSON. `--smoke` is a few-seconds run that only
+//! as a table and written as JSON. `--smoke` is a short run that only
 //! checks that the harness still works.
 
 mod load;
@@ -104,7 +104,7 @@ struct Args {
     /// a latency is the disk flush.
     #[arg(long)]
     async_commit: bool,
-    /// A few-seconds run (cost 4, 1 s windows, 2,000 rows, one run) that
+    /// A short run (cost 4, 1 s windows, 2,000 rows, one run: about 20 s) that
     /// checks the harness works; its figures mean nothing.
     #[arg(long)]
     smoke: bool,

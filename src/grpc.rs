@@ -163,8 +163,9 @@ fn parse_ip(text: &str) -> Option<std::net::IpAddr> {
 /// Runs one RPC inside a `request` span carrying its method (and, once
 /// done, its gRPC code and duration in ms), maps its error
 /// to a status (logging internals there, inside the span), logs its end with
-/// the gRPC code and duration, and records the request metrics
-/// (`auth_requests_total{method,code}`, `auth_request_duration_seconds{method}`).
+/// the gRPC code and duration, and records `auth_request_duration_seconds{method}`
+/// (requests are counted by [`Counted`], which also sees the ones refused
+/// before a handler runs).
 /// Requests and responses are never logged: they hold passwords and tokens.
 async fn observed<T>(
     method: &'static str,
@@ -196,8 +197,6 @@ async fn observed<T>(
         recorder.record("code", tracing::field::debug(code));
         recorder.record("duration_ms", duration_ms);
         tracing::info!(code = ?code, duration_ms, "request finished");
-        metrics::counter!(names::REQUESTS, "method" => method, "code" => format!("{code:?}"))
-            .increment(1);
         metrics::histogram!(names::REQUEST_DURATION, "method" => method)
             .record(elapsed.as_secs_f64());
         result
@@ -247,5 +246,66 @@ pub fn to_status(error: ServiceError) -> Status {
             tracing::error!(error = %e, "internal error");
             Status::internal("internal error")
         }
+    }
+}
+
+/// The AuthApi service, counting every request it answers in
+/// `auth_requests_total{method,code}`: the handlers' answers and also those
+/// tonic gives before a handler runs (a body that is not valid protobuf:
+/// INVALID_ARGUMENT; a message over the size limit: OUT_OF_RANGE). The code
+/// is the response's `grpc-status` header, which unary errors carry
+/// (trailers-only responses); a response without it is a success. Requests
+/// whose client went away before the answer are not counted.
+#[derive(Clone)]
+pub struct Counted<S>(pub S);
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for Counted<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+type HttpRequest = tonic::codegen::http::Request<tonic::body::Body>;
+type HttpResponse = tonic::codegen::http::Response<tonic::body::Body>;
+
+impl<S> tonic::codegen::Service<HttpRequest> for Counted<S>
+where
+    S: tonic::codegen::Service<
+            HttpRequest,
+            Response = HttpResponse,
+            Error = std::convert::Infallible,
+        >,
+    S::Future: Send + 'static,
+{
+    type Response = HttpResponse;
+    type Error = std::convert::Infallible;
+    type Future = tonic::codegen::BoxFuture<HttpResponse, std::convert::Infallible>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: HttpRequest) -> Self::Future {
+        // `/realchat.auth.v1.AuthApi/Login` -> `Login`.
+        let method = request
+            .uri()
+            .path()
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let answer = self.0.call(request);
+        Box::pin(async move {
+            let response = answer.await?;
+            let code = response
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok()?.parse::<i32>().ok())
+                .map_or(Code::Ok, Code::from_i32);
+            metrics::counter!(names::REQUESTS, "method" => method, "code" => format!("{code:?}"))
+                .increment(1);
+            Ok(response)
+        })
     }
 }

@@ -8,7 +8,8 @@
 //! - `GET /readyz`: 200 when PostgreSQL answers and every migration of this
 //!   build is applied; 503 otherwise (the body says which).
 //! - `GET /metrics`, names as exported:
-//!   - `auth_requests_total{method,code}` (counter): RPCs by gRPC code.
+//!   - `auth_requests_total{method,code}` (counter): RPCs by gRPC code,
+//!     counted by [`crate::grpc::Counted`].
 //!   - `auth_request_duration_seconds{method}` (histogram).
 //!   - `auth_bcrypt_queue_depth` (gauge): bcrypt jobs running or waiting.
 //!   - `auth_bcrypt_wait_seconds` (histogram): submit to start of a job.

@@ -224,14 +224,14 @@ impl Application {
             .add_service(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(
+            .add_service(crate::grpc::Counted(
                 AuthApiServer::new(GrpcApi::new(
                     self.service,
                     self.client_ip_header,
                     self.request_timeout,
                 ))
                 .max_decoding_message_size(MAX_REQUEST_BYTES),
-            )
+            ))
             // TCP_NODELAY: without it a small response waits for the peer's
             // delayed ACK (about 40 ms on Linux) before it is sent.
             .serve_with_incoming_shutdown(

@@ -98,6 +98,25 @@ async fn migrate_then_serve_with_json_logs_free_of_secrets_and_stop_gracefully()
         })
         .await
         .unwrap_err();
+    // Refused before any handler runs, and still counted: a body that is
+    // not protobuf, and a message over the size limit.
+    let channel = tonic::transport::Channel::from_shared(grpc_url(&server).await)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let malformed = crate::wire::send_raw_on(channel, "Register", vec![0x0a, 0x02, 0xff, 0xfe]);
+    assert_eq!(
+        malformed.await.unwrap_err().code(),
+        tonic::Code::InvalidArgument
+    );
+    let oversized = client
+        .register(RegisterRequest {
+            email: "e".repeat(70_000),
+            password: password.into(),
+        })
+        .await;
+    assert_eq!(oversized.unwrap_err().code(), tonic::Code::OutOfRange);
     // The HTTP port: alive, ready, and counting what just happened.
     let http = {
         let line = server
@@ -122,6 +141,14 @@ async fn migrate_then_serve_with_json_logs_free_of_secrets_and_stop_gracefully()
             1.0,
         ),
         (r#"auth_requests_total{method="Logout",code="Ok"}"#, 1.0),
+        (
+            r#"auth_requests_total{method="Register",code="InvalidArgument"}"#,
+            1.0,
+        ),
+        (
+            r#"auth_requests_total{method="Register",code="OutOfRange"}"#,
+            1.0,
+        ),
         ("auth_bcrypt_queue_depth", 0.0),
         ("auth_db_pool_max_connections", 10.0),
     ] {

@@ -49,7 +49,16 @@ impl Decoder for IgnoreDecoder {
 
 /// Sends `body` as the raw message of `method` (`Register`, `Login`, …).
 pub async fn send_raw(app: &TestApp, method: &str, body: Vec<u8>) -> Result<(), tonic::Status> {
-    let mut grpc = tonic::client::Grpc::new(app.channel().await);
+    send_raw_on(app.channel().await, method, body).await
+}
+
+/// [`send_raw`] on a channel to any server.
+pub async fn send_raw_on(
+    channel: tonic::transport::Channel,
+    method: &str,
+    body: Vec<u8>,
+) -> Result<(), tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.unwrap();
     let path: http::uri::PathAndQuery = format!("/realchat.auth.v1.AuthApi/{method}")
         .parse()

@@ -6,13 +6,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use clap::Parser as _;
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 use realchat_relay::RelayConfig;
@@ -148,15 +147,12 @@ async fn produce_raw(config: &RelayConfig, topic: &str, rows: &[Row]) -> anyhow:
     let producer = realchat_relay::kafka::producer(config)?;
     let mut pending = FuturesUnordered::new();
     for row in rows {
-        let id = row.id.to_string();
-        let time = row.created_at.to_rfc3339_opts(SecondsFormat::Micros, true);
-        let headers = OwnedHeaders::new_with_capacity(6)
-            .insert(header("ce_id", &id))
-            .insert(header("ce_type", "UserRegistered"))
-            .insert(header("ce_source", &config.ce_source))
-            .insert(header("ce_specversion", "1.0"))
-            .insert(header("ce_time", &time))
-            .insert(header("content-type", "application/json"));
+        let headers = realchat_relay::kafka::cloudevents_headers(
+            &row.id,
+            "UserRegistered",
+            &config.ce_source,
+            &row.created_at,
+        );
         let mut record = FutureRecord::to(topic)
             .key(&row.aggregateid)
             .payload(&row.payload)
@@ -194,13 +190,6 @@ fn check(
         Ok(Ok(_)) => Ok(()),
         Ok(Err((e, _))) => Err(e).context("raw producer delivery"),
         Err(_) => bail!("raw producer dropped a delivery report"),
-    }
-}
-
-fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a str> {
-    Header {
-        key,
-        value: Some(value),
     }
 }
 

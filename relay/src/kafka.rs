@@ -6,6 +6,7 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, Producer as _};
 
 use crate::RelayConfig;
@@ -66,6 +67,34 @@ pub fn settings_from_env(vars: impl Iterator<Item = (String, String)>) -> Vec<(S
         Some((key.to_ascii_lowercase().replace('_', "."), value))
     })
     .collect()
+}
+
+/// The CloudEvents headers of one event (Kafka protocol binding, binary
+/// mode): `ce_id` (the outbox row's id), `ce_type`, `ce_source`,
+/// `ce_specversion` 1.0, `ce_time` (RFC 3339, microseconds, UTC) and
+/// `content-type: application/json`.
+pub fn cloudevents_headers(
+    id: &uuid::Uuid,
+    event_type: &str,
+    source: &str,
+    time: &chrono::DateTime<chrono::Utc>,
+) -> OwnedHeaders {
+    let id = id.to_string();
+    let time = time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    OwnedHeaders::new_with_capacity(6)
+        .insert(header("ce_id", &id))
+        .insert(header("ce_type", event_type))
+        .insert(header("ce_source", source))
+        .insert(header("ce_specversion", "1.0"))
+        .insert(header("ce_time", &time))
+        .insert(header("content-type", "application/json"))
+}
+
+fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a str> {
+    Header {
+        key,
+        value: Some(value),
+    }
 }
 
 /// Creates `topic` unless it exists.

@@ -2,8 +2,7 @@
 
 use std::collections::HashSet;
 
-use chrono::{DateTime, SecondsFormat, Utc};
-use rdkafka::message::{Header, OwnedHeaders};
+use chrono::{DateTime, Utc};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -175,15 +174,12 @@ async fn claim_and_produce(
 
     let mut deliveries = Vec::with_capacity(rows.len());
     for (row, topic) in rows.iter().zip(&names) {
-        let id = row.id.to_string();
-        let time = row.created_at.to_rfc3339_opts(SecondsFormat::Micros, true);
-        let headers = OwnedHeaders::new_with_capacity(6)
-            .insert(header("ce_id", &id))
-            .insert(header("ce_type", &row.event_type))
-            .insert(header("ce_source", &config.ce_source))
-            .insert(header("ce_specversion", "1.0"))
-            .insert(header("ce_time", &time))
-            .insert(header("content-type", "application/json"));
+        let headers = kafka::cloudevents_headers(
+            &row.id,
+            &row.event_type,
+            &config.ce_source,
+            &row.created_at,
+        );
         let record = FutureRecord::to(topic)
             .key(&row.aggregateid)
             .payload(&row.payload)
@@ -254,12 +250,5 @@ async fn complete(pool: &PgPool, batch: InFlight) -> Result<usize, BatchError> {
             first,
         }),
         None => Ok(acked.len()),
-    }
-}
-
-fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a str> {
-    Header {
-        key,
-        value: Some(value),
     }
 }

@@ -259,9 +259,7 @@ impl AuthService {
             Err(e) => {
                 // Refused before the password was checked (pool full): not a
                 // failure, so a busy server never locks anyone out.
-                attempt.decided();
-                let mut conn = self.pool.acquire().await?;
-                store::throttle::abandoned(&mut conn, account, client).await?;
+                attempt.take_back().await?;
                 return Err(e.into());
             }
         };
@@ -496,11 +494,27 @@ impl PendingAttempt {
         }
     }
 
-    /// The attempt's outcome is settled (counted as a failure, or taken back
-    /// by the caller): nothing to do on drop.
+    /// The attempt's outcome is settled (a failure stays counted, a success
+    /// took its attempt back): nothing to do on drop.
     fn decided(&mut self) {
         self.decided = true;
     }
+
+    /// Takes the attempt back now, rather than in the background on drop.
+    async fn take_back(mut self) -> Result<(), StoreError> {
+        self.decided = true;
+        take_back(&self.pool, self.account.as_deref(), self.client.as_deref()).await
+    }
+}
+
+/// Uncounts one attempt from `account` and `client`.
+async fn take_back(
+    pool: &PgPool,
+    account: Option<&str>,
+    client: Option<&str>,
+) -> Result<(), StoreError> {
+    let mut conn = pool.acquire().await?;
+    throttle::abandoned(&mut conn, account, client).await
 }
 
 impl Drop for PendingAttempt {
@@ -513,11 +527,7 @@ impl Drop for PendingAttempt {
         };
         let (pool, account, client) = (self.pool.clone(), self.account.take(), self.client.take());
         runtime.spawn(async move {
-            let taken_back = async {
-                let mut conn = pool.acquire().await.map_err(StoreError::from)?;
-                throttle::abandoned(&mut conn, account.as_deref(), client.as_deref()).await
-            };
-            if let Err(e) = taken_back.await {
+            if let Err(e) = take_back(&pool, account.as_deref(), client.as_deref()).await {
                 tracing::warn!(error = %e, "could not take back an unfinished login attempt");
             }
         });

@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use realchat_auth::proto::auth_api_client::AuthApiClient;
-use realchat_auth::proto::{LoginRequest, LogoutRequest, RefreshRequest, RegisterRequest};
+use realchat_auth::proto::{
+    LoginRequest, LogoutRequest, RefreshRequest, RegisterRequest, RegisterResponse,
+};
 
 use crate::helpers::create_database;
 use crate::processes::{Process, command, http_get, metric};
@@ -32,6 +34,28 @@ async fn grpc_url(server: &Process) -> String {
         .await;
     let json: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
     format!("http://{}", json["fields"]["addr"].as_str().unwrap())
+}
+
+/// Starts a Register on `server`, sends SIGTERM once the server logged the
+/// request as started, and returns the call, still in flight.
+async fn register_then_sigterm(
+    server: &Process,
+    client: &AuthApiClient<tonic::transport::Channel>,
+    email: &str,
+    password: &str,
+) -> tokio::task::JoinHandle<Result<tonic::Response<RegisterResponse>, tonic::Status>> {
+    let before = server.logs().len();
+    let request = RegisterRequest {
+        email: email.into(),
+        password: password.into(),
+    };
+    let mut client = client.clone();
+    let in_flight = tokio::spawn(async move { client.register(request).await });
+    server
+        .wait_log_after(before, "request started", Duration::from_secs(10))
+        .await;
+    server.signal("-TERM");
+    in_flight
 }
 
 #[tokio::test]
@@ -170,22 +194,8 @@ async fn migrate_then_serve_with_json_logs_free_of_secrets_and_stop_gracefully()
         .unwrap();
 
     // A slow request in flight when SIGTERM arrives still completes.
-    let before = server.logs().len();
-    let in_flight = tokio::spawn({
-        let mut client = client.clone();
-        async move {
-            client
-                .register(RegisterRequest {
-                    email: "late@example.com".into(),
-                    password: "x".repeat(60),
-                })
-                .await
-        }
-    });
-    server
-        .wait_log_after(before, "request started", Duration::from_secs(10))
-        .await;
-    server.signal("-TERM");
+    let in_flight =
+        register_then_sigterm(&server, &client, "late@example.com", &"x".repeat(60)).await;
     in_flight
         .await
         .unwrap()
@@ -244,22 +254,8 @@ async fn the_shutdown_deadline_drops_requests_that_outlast_it() {
     let client = AuthApiClient::connect(grpc_url(&server).await)
         .await
         .unwrap();
-    let before = server.logs().len();
-    let in_flight = tokio::spawn({
-        let mut client = client.clone();
-        async move {
-            client
-                .register(RegisterRequest {
-                    email: "slow@example.com".into(),
-                    password: "a good password".into(),
-                })
-                .await
-        }
-    });
-    server
-        .wait_log_after(before, "request started", Duration::from_secs(10))
-        .await;
-    server.signal("-TERM");
+    let in_flight =
+        register_then_sigterm(&server, &client, "slow@example.com", "a good password").await;
     let (code, logs) = server.wait_with_logs().await;
     assert_eq!(code, Some(0), "exit 0 after the deadline");
     assert!(

@@ -10,6 +10,24 @@ use uuid::Uuid;
 use crate::observe::names;
 use crate::{RelayConfig, kafka};
 
+/// The claim statement: up to `$1` unpublished rows in `seq` order whose
+/// `seq` is below `$2` or above `$3` (the range of the batch in flight;
+/// `$2 = 0, $3 = -1` skips nothing). Columns: `id`, `seq`, `aggregatetype`,
+/// `aggregateid`, `type`, `payload` (as text), `created_at`.
+///
+/// It is two ordered scans of the unpublished-rows index, below and above
+/// the range, merged, so each stops after `$1` rows and a claim costs the
+/// same whatever the backlog. (`seq < $2 OR seq > $3` made PostgreSQL read
+/// every unpublished row and sort them; see [`crate::pool_options`] for the
+/// rest.)
+pub const CLAIM: &str = "\
+    SELECT id, seq, aggregatetype, aggregateid, type, payload::text AS payload, created_at
+    FROM ((SELECT * FROM outbox WHERE published_at IS NULL AND seq < $2 ORDER BY seq LIMIT $1)
+          UNION ALL
+          (SELECT * FROM outbox WHERE published_at IS NULL AND seq > $3 ORDER BY seq LIMIT $1))
+         AS unpublished
+    ORDER BY seq LIMIT $1";
+
 /// One unpublished outbox row.
 #[derive(Debug, sqlx::FromRow)]
 struct Row {
@@ -148,16 +166,12 @@ async fn claim_and_produce(
     // batch in flight from being claimed twice, and a late commit inside it
     // is claimed once that batch is done.
     let (lo, hi) = in_flight.and_then(InFlight::range).unwrap_or((0, -1));
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT id, seq, aggregatetype, aggregateid, type, payload::text AS payload, created_at
-         FROM outbox WHERE published_at IS NULL AND (seq < $2 OR seq > $3)
-         ORDER BY seq LIMIT $1",
-    )
-    .bind(config.batch_size)
-    .bind(lo)
-    .bind(hi)
-    .fetch_all(pool)
-    .await?;
+    let rows: Vec<Row> = sqlx::query_as(CLAIM)
+        .bind(config.batch_size)
+        .bind(lo)
+        .bind(hi)
+        .fetch_all(pool)
+        .await?;
     if rows.is_empty() {
         return Ok(None);
     }

@@ -198,3 +198,75 @@ pub async fn collect(
     }
     events
 }
+
+/// A claim reads its batch and no more, however large the backlog: with the
+/// relay's connection settings, no scan in the claim's plan returns more
+/// than a batch of rows, none reads rows it then drops (the batch in
+/// flight), and nothing is sorted. (Reading every unpublished
+/// row per batch made draining a backlog quadratic.)
+#[tokio::test]
+async fn a_claim_reads_one_batch_whatever_the_backlog() {
+    let database_url = create_database().await;
+    let options = realchat_relay::pool_options(&database_url).unwrap();
+    let pool = sqlx::PgPool::connect_with(options).await.unwrap();
+    realchat_auth::store::MIGRATOR.run(&pool).await.unwrap();
+    // 20,000 unpublished rows, the first 5,000 then published: a backlog
+    // the planner's statistics have not seen, behind a published prefix.
+    sqlx::query(
+        "INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload)
+         SELECT gen_random_uuid(), 'user', i::text, 'UserRegistered', '{}'
+         FROM generate_series(1, 20000) AS i",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE outbox SET published_at = now() WHERE seq <= 5000")
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    let batch = 500_i64;
+    // Nothing in flight, then a batch in flight at the front of the backlog.
+    for (lo, hi) in [(0, -1), (5001, 5500)] {
+        let plan: serde_json::Value = sqlx::query_scalar(&format!(
+            "EXPLAIN (ANALYZE, FORMAT JSON) {}",
+            realchat_relay::CLAIM
+        ))
+        .bind(batch)
+        .bind(lo)
+        .bind(hi)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        let mut nodes = Vec::new();
+        plan_nodes(&plan[0]["Plan"], &mut nodes);
+        let claimed = plan[0]["Plan"]["Actual Rows"].as_i64().unwrap();
+        assert_eq!(claimed, batch, "a full batch is claimed ({lo}..{hi})");
+        for node in &nodes {
+            let kind = node["Node Type"].as_str().unwrap();
+            assert_ne!(kind, "Sort", "the claim sorts rows ({lo}..{hi}): {plan}");
+            let skipped = node["Rows Removed by Filter"].as_i64().unwrap_or(0);
+            assert_eq!(
+                skipped, 0,
+                "{kind} read rows it did not claim ({lo}..{hi}): {plan}"
+            );
+            let rows = node["Actual Rows"].as_i64().unwrap();
+            assert!(
+                rows <= batch,
+                "{kind} returned {rows} rows for a batch of {batch} ({lo}..{hi}): {plan}"
+            );
+        }
+        assert!(
+            nodes.iter().any(|n| n["Node Type"] == "Index Scan"),
+            "the claim reads the unpublished-rows index: {plan}"
+        );
+    }
+}
+
+/// Every node of an `EXPLAIN (FORMAT JSON)` plan, depth first.
+fn plan_nodes<'a>(node: &'a serde_json::Value, out: &mut Vec<&'a serde_json::Value>) {
+    out.push(node);
+    for child in node["Plans"].as_array().into_iter().flatten() {
+        plan_nodes(child, out);
+    }
+}

@@ -84,8 +84,8 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// One step: claims up to `batch_size` unpublished rows in `seq` order
-    /// (skipping the batch in flight) and produces them, then completes the
-    /// batch that was in flight before (see [`complete`]). When fewer rows
+    /// (skipping the batch in flight) and produces them, while it completes
+    /// the batch that was in flight before (see [`complete`]). When fewer rows
     /// than a full batch were claimed, or the producer's queue refused some,
     /// the new batch is completed too, so a quiet outbox leaves nothing in
     /// flight. Returns the number of rows handed to the producer.
@@ -101,26 +101,37 @@ impl Pipeline {
         topics: &mut HashSet<String>,
     ) -> Result<usize, BatchError> {
         let previous = self.in_flight.take();
-        let claimed =
-            match claim_and_produce(pool, producer, config, topics, previous.as_ref()).await {
-                Ok(batch) => batch,
-                Err(e) => {
-                    if let Some(previous) = previous {
-                        complete(pool, previous).await?;
-                    }
-                    return Err(e);
+        let skip = previous.as_ref().and_then(InFlight::range);
+        // The next batch is claimed and produced while the one before is
+        // awaited and marked: two database connections, so PostgreSQL's
+        // work on the two batches overlaps with the relay's.
+        let (claimed, completed) = tokio::join!(
+            claim_and_produce(pool, producer, config, topics, skip),
+            async {
+                match previous {
+                    Some(previous) => complete(pool, previous).await.map(drop),
+                    None => Ok(()),
                 }
-            };
-        if let Some(previous) = previous
-            && let Err(e) = complete(pool, previous).await
-        {
-            // The newer batch was produced after the failed row: leave it
-            // unmarked (its reports are awaited so none is left behind).
-            if let Some(batch) = claimed {
-                futures::future::join_all(batch.deliveries).await;
             }
-            return Err(e);
-        }
+        );
+        let claimed = match (claimed, completed) {
+            (Ok(claimed), Ok(())) => claimed,
+            (Err(e), completed) => {
+                if let Err(c) = completed {
+                    tracing::warn!(error = %c, "the batch before did not fully publish");
+                }
+                return Err(e);
+            }
+            (Ok(claimed), Err(e)) => {
+                // The newer batch was produced after the failed row: leave
+                // it unmarked (its reports are awaited so none is left
+                // behind).
+                if let Some(batch) = claimed {
+                    futures::future::join_all(batch.deliveries).await;
+                }
+                return Err(e);
+            }
+        };
         let Some(batch) = claimed else {
             return Ok(0);
         };
@@ -152,20 +163,20 @@ impl Pipeline {
 }
 
 /// Claims up to `batch_size` unpublished rows in `seq` order, skipping the
-/// `seq` range of `in_flight`, and hands them to the producer in that order.
-/// `None` when there is nothing to claim.
+/// `seq` range `skip` (that of the batch in flight), and hands them to the
+/// producer in that order. `None` when there is nothing to claim.
 async fn claim_and_produce(
     pool: &PgPool,
     producer: &FutureProducer,
     config: &RelayConfig,
     topics: &mut HashSet<String>,
-    in_flight: Option<&InFlight>,
+    skip: Option<(i64, i64)>,
 ) -> Result<Option<InFlight>, BatchError> {
     let started = std::time::Instant::now();
     // Claiming is by the flag, never by a cursor: the range only keeps the
     // batch in flight from being claimed twice, and a late commit inside it
     // is claimed once that batch is done.
-    let (lo, hi) = in_flight.and_then(InFlight::range).unwrap_or((0, -1));
+    let (lo, hi) = skip.unwrap_or((0, -1));
     let rows: Vec<Row> = sqlx::query_as(CLAIM)
         .bind(config.batch_size)
         .bind(lo)

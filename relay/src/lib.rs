@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::FutureExt as _;
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::{Connection as _, PgConnection, PgPool};
 use tokio::time::{Instant, sleep, sleep_until};
 
@@ -195,37 +195,41 @@ async fn listen(pool: &PgPool) -> Option<PgListener> {
     }
 }
 
-/// Settings of the relay's pool: `url` with `enable_bitmapscan = off`.
+/// Connects the relay's pool to `url`: at most 4 connections, each of
+/// which runs `SET enable_bitmapscan = off` when it opens.
 ///
 /// Every query of the relay reads a few rows in index order
-/// (`ORDER BY … LIMIT`) or looks rows up by key. With a large backlog the
-/// planner's row estimate for the unpublished rows is often far too low
-/// (they were inserted, or published, since the last `ANALYZE`), and it
-/// then reads every one of them with a bitmap scan and sorts them, per
-/// batch: 40 ms instead of under 1 ms for a 500-row claim from 50,000
-/// unpublished rows, so draining a backlog took time quadratic in its size.
+/// (`ORDER BY … LIMIT`) or looks rows up by key. Where the planner has no
+/// statistics for the outbox yet (a new deployment, or a backlog built up
+/// before autovacuum analyzed the table) it guesses a handful of
+/// unpublished rows where there are thousands, and then reads every one of
+/// them with a bitmap scan and sorts them, per batch: 40 ms instead of
+/// under 1 ms for a 500-row claim from 50,000 unpublished rows, so draining
+/// a backlog took time quadratic in its size.
+/// A `SET` rather than a startup option, so that a connection pooler in
+/// session mode (PgBouncer) passes it on.
 ///
 /// # Errors
-/// `sqlx::Error::Configuration` when `url` does not parse.
-pub fn pool_options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
-    Ok(url
-        .parse::<PgConnectOptions>()?
-        .options([("enable_bitmapscan", "off")]))
+/// `sqlx::Error` when `url` does not parse or the first connection fails.
+pub async fn connect(url: &str) -> Result<PgPool, sqlx::Error> {
+    PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(5))
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                sqlx::query("SET enable_bitmapscan = off")
+                    .execute(conn)
+                    .await
+                    .map(drop)
+            })
+        })
+        .connect(url)
+        .await
 }
 
 async fn connect_with_retry(url: &str, poll: Duration) -> PgPool {
     loop {
-        let connected = match pool_options(url) {
-            Ok(options) => {
-                PgPoolOptions::new()
-                    .max_connections(4)
-                    .acquire_timeout(Duration::from_secs(5))
-                    .connect_with(options)
-                    .await
-            }
-            Err(e) => Err(e),
-        };
-        match connected {
+        match connect(url).await {
             Ok(pool) => return pool,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot connect to DATABASE_URL; retrying");

@@ -18,7 +18,7 @@ use crate::{RelayConfig, kafka};
 /// It is two ordered scans of the unpublished-rows index, below and above
 /// the range, merged, so each stops after `$1` rows and a claim costs the
 /// same whatever the backlog. (`seq < $2 OR seq > $3` made PostgreSQL read
-/// every unpublished row and sort them; see [`crate::pool_options`] for the
+/// every unpublished row and sort them; see [`crate::connect`] for the
 /// rest.)
 pub const CLAIM: &str = "\
     SELECT id, seq, aggregatetype, aggregateid, type, payload::text AS payload, created_at

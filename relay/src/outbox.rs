@@ -116,10 +116,11 @@ impl Pipeline {
         );
         let claimed = match (claimed, completed) {
             (Ok(claimed), Ok(())) => claimed,
-            (Err(e), completed) => {
-                if let Err(c) = completed {
-                    tracing::warn!(error = %c, "the batch before did not fully publish");
-                }
+            (Err(e), Ok(())) => return Err(e),
+            // Both failed: the batch before's error is the one returned, as
+            // an `Undelivered` makes the caller replace the producer.
+            (Err(claim), Err(e)) => {
+                tracing::warn!(error = %claim, "claiming the next batch failed too");
                 return Err(e);
             }
             (Ok(claimed), Err(e)) => {

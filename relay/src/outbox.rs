@@ -1,4 +1,5 @@
-//! Claim, produce, mark: one batch of the outbox.
+//! Claim, produce, mark: the outbox's batches, two at a time (one in
+//! flight while the next is claimed).
 
 use std::collections::HashSet;
 
@@ -100,19 +101,13 @@ impl Pipeline {
         config: &RelayConfig,
         topics: &mut HashSet<String>,
     ) -> Result<usize, BatchError> {
-        let previous = self.in_flight.take();
-        let skip = previous.as_ref().and_then(InFlight::range);
+        let skip = self.in_flight.as_ref().and_then(InFlight::range);
         // The next batch is claimed and produced while the one before is
         // awaited and marked: two database connections, so PostgreSQL's
         // work on the two batches overlaps with the relay's.
         let (claimed, completed) = tokio::join!(
             claim_and_produce(pool, producer, config, topics, skip),
-            async {
-                match previous {
-                    Some(previous) => complete(pool, previous).await.map(drop),
-                    None => Ok(()),
-                }
-            }
+            self.finish(pool)
         );
         let claimed = match (claimed, completed) {
             (Ok(claimed), Ok(())) => claimed,
@@ -150,8 +145,8 @@ impl Pipeline {
         }
     }
 
-    /// Completes the batch in flight, if any: used before stopping or
-    /// standing by, so everything acknowledged is marked.
+    /// Completes the batch in flight, if any: in each step, and before
+    /// stopping or standing by, so everything acknowledged is marked.
     ///
     /// # Errors
     /// [`BatchError`].

@@ -1,12 +1,28 @@
-//! Server settings: one struct, read from flags and environment (clap).
+//! Server settings, read from flags and environment (clap), in groups that
+//! each build the settings of the part they configure (zero-to-production's
+//! `configuration.rs`): [`DatabaseConfig::connect`],
+//! [`PasswordConfig::hasher_settings`], [`TokenConfig::token_service`],
+//! [`ThrottleConfig::limits`]. Durations are parsed once, here, into
+//! [`Duration`]s; the variable's name says its unit (`*_SECS`).
 //! `realchat-auth --help` lists every setting with its default.
 
-use clap::builder::TypedValueParser;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
-/// Settings of the `realchat-auth` server. Durations are whole seconds.
-/// Not `Debug`: `DATABASE_URL` may carry a password.
+use anyhow::Context as _;
+use clap::builder::TypedValueParser as _;
+use realchat_runtime::settings::seconds;
+use realchat_runtime::telemetry::LogFormat;
+use sqlx::PgPool;
+
+use crate::password::HasherSettings;
+use crate::service::throttle::Limits;
+use crate::store::{self, StoreError};
+use crate::token::{SigningKey, TokenService, TokenSettings, verification_key_from_pem_file};
+
+/// Settings of the `realchat-auth` server. Not `Debug`: `DATABASE_URL` may
+/// carry a password.
 #[derive(Clone, clap::Parser)]
 #[command(name = "realchat-auth", version, about = "RealChat Auth gRPC server")]
 pub struct Config {
@@ -14,14 +30,85 @@ pub struct Config {
     #[command(subcommand)]
     pub command: Option<Command>,
 
+    /// PostgreSQL.
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+
+    /// Ports and request limits.
+    #[command(flatten)]
+    pub listen: ListenConfig,
+
+    /// Password hashing.
+    #[command(flatten)]
+    pub passwords: PasswordConfig,
+
+    /// Signing keys and token claims.
+    #[command(flatten)]
+    pub tokens: TokenConfig,
+
+    /// Refresh-token rotation and session retention.
+    #[command(flatten)]
+    pub sessions: SessionConfig,
+
+    /// Login throttling.
+    #[command(flatten)]
+    pub throttle: ThrottleConfig,
+
+    /// Log format: `text` (human-readable) or `json`.
+    #[arg(long, env = "AUTH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Subcommands of `realchat-auth`.
+#[derive(Clone, Debug, clap::Subcommand)]
+pub enum Command {
+    /// Apply the database migrations and exit.
+    Migrate,
+}
+
+/// The database and its connection pool.
+#[derive(Clone, clap::Args)]
+pub struct DatabaseConfig {
     /// PostgreSQL connection URL.
     #[arg(
-        long,
+        long = "database-url",
         env = "DATABASE_URL",
         default_value = "postgres://postgres@127.0.0.1:5432/realchat_auth"
     )]
-    pub database_url: String,
+    pub url: String,
 
+    /// Most connections in the PostgreSQL pool (1..=1000).
+    #[arg(long = "db-max-connections", env = "AUTH_DB_MAX_CONNECTIONS", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub max_connections: u32,
+
+    /// Seconds a request waits for a database connection before UNAVAILABLE
+    /// (1..=300).
+    #[arg(long = "db-acquire-timeout-secs", env = "AUTH_DB_ACQUIRE_TIMEOUT_SECS",
+          default_value = "5", value_parser = seconds(1..=300))]
+    pub acquire_timeout: Duration,
+
+    /// Apply pending migrations at start-up; turn off where deployments run
+    /// `realchat-auth migrate` as a separate step.
+    #[arg(long, env = "AUTH_MIGRATE_ON_START", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub migrate_on_start: bool,
+}
+
+impl DatabaseConfig {
+    /// A pool of at most `max_connections` to `url` whose acquire waits at
+    /// most `acquire_timeout`.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the first connection cannot be made.
+    pub async fn connect(&self, max_connections: u32) -> Result<PgPool, StoreError> {
+        store::connect(&self.url, max_connections, self.acquire_timeout).await
+    }
+}
+
+/// The ports the server listens on and the bounds of one request.
+#[derive(Clone, clap::Args)]
+pub struct ListenConfig {
     /// Address the gRPC server listens on.
     #[arg(long, env = "AUTH_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub grpc_addr: SocketAddr,
@@ -31,6 +118,34 @@ pub struct Config {
     #[arg(long, env = "AUTH_HTTP_ADDR", default_value = "127.0.0.1:9464")]
     pub http_addr: SocketAddr,
 
+    /// Seconds an RPC may take before the server gives up on it with
+    /// UNAVAILABLE (a stalled database must not hold requests forever;
+    /// 1..=600).
+    #[arg(long = "request-timeout-secs", env = "AUTH_REQUEST_TIMEOUT_SECS",
+          default_value = "30", value_parser = seconds(1..=600))]
+    pub request_timeout: Duration,
+
+    /// Seconds in-flight requests get to finish after SIGTERM or SIGINT
+    /// before the server stops anyway (1..=3600).
+    #[arg(long = "shutdown-timeout-secs", env = "AUTH_SHUTDOWN_TIMEOUT_SECS",
+          default_value = "30", value_parser = seconds(1..=3600))]
+    pub shutdown_timeout: Duration,
+}
+
+/// Where the bcrypt threads run relative to the rest of the machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BcryptPriority {
+    /// Linux SCHED_IDLE: they run on cycles nothing else wants, so hashing
+    /// never delays Refresh, Logout or the database work, and still takes
+    /// every idle core.
+    Idle,
+    /// The same as every other thread.
+    Normal,
+}
+
+/// bcrypt and its thread pool.
+#[derive(Clone, clap::Args)]
+pub struct PasswordConfig {
     /// bcrypt cost factor (4..=31); each step doubles the work.
     #[arg(long, env = "AUTH_BCRYPT_COST", default_value_t = 12,
           value_parser = clap::value_parser!(u32).range(4..=31))]
@@ -38,23 +153,38 @@ pub struct Config {
 
     /// bcrypt worker threads (0..=1024); 0 = one per core.
     #[arg(long, env = "AUTH_BCRYPT_THREADS", default_value_t = 0,
-          value_parser = TypedValueParser::map(clap::value_parser!(u16).range(0..=1024), usize::from))]
+          value_parser = clap::value_parser!(u16).range(0..=1024).map(usize::from))]
     pub bcrypt_threads: usize,
 
     /// bcrypt jobs that may wait beyond the running ones; past it,
     /// RESOURCE_EXHAUSTED (0..=1000000).
     #[arg(long, env = "AUTH_BCRYPT_QUEUE", default_value_t = 256,
-          value_parser = TypedValueParser::map(clap::value_parser!(u32).range(0..=1_000_000), |n| n as usize))]
+          value_parser = clap::value_parser!(u32).range(0..=1_000_000).map(|n| n as usize))]
     pub bcrypt_queue: usize,
 
     /// Scheduling of the bcrypt threads: `idle` (Linux SCHED_IDLE: they
     /// run on cycles nothing else wants, so hashing never delays Refresh,
     /// Logout or the database work, and still takes every idle core) or
     /// `normal` (the same as every other thread).
-    #[arg(long, env = "AUTH_BCRYPT_PRIORITY", default_value = "idle",
-          value_parser = ["idle", "normal"])]
-    pub bcrypt_priority: String,
+    #[arg(long, env = "AUTH_BCRYPT_PRIORITY", value_enum, default_value_t = BcryptPriority::Idle)]
+    pub bcrypt_priority: BcryptPriority,
+}
 
+impl PasswordConfig {
+    /// The settings of the password hasher.
+    pub fn hasher_settings(&self) -> HasherSettings {
+        HasherSettings {
+            cost: self.bcrypt_cost,
+            threads: self.bcrypt_threads,
+            queue: self.bcrypt_queue,
+            idle_priority: self.bcrypt_priority == BcryptPriority::Idle,
+        }
+    }
+}
+
+/// The keys that sign and verify tokens, and the claims of issued tokens.
+#[derive(Clone, clap::Args)]
+pub struct TokenConfig {
     /// PEM file with the PKCS#8 private key that signs tokens: Ed25519
     /// (EdDSA) or P-256 (ES256). Unset: an Ed25519 key is generated at start
     /// and tokens do not survive a restart.
@@ -71,9 +201,9 @@ pub struct Config {
     /// `max-age` of the JWKS document (`/.well-known/jwks.json`), seconds:
     /// how long verifiers may cache it. Publish a next key at least this long
     /// before it starts signing.
-    #[arg(long, env = "AUTH_JWKS_MAX_AGE_SECS", default_value_t = 300,
-          value_parser = clap::value_parser!(u32).range(0..=31_536_000))]
-    pub jwks_max_age_secs: u32,
+    #[arg(long = "jwks-max-age-secs", env = "AUTH_JWKS_MAX_AGE_SECS", default_value = "300",
+          value_parser = seconds(0..=31_536_000))]
+    pub jwks_max_age: Duration,
 
     /// `iss` claim of issued tokens, required on verification.
     #[arg(long, env = "AUTH_ISSUER", default_value = "realchat-auth")]
@@ -84,116 +214,23 @@ pub struct Config {
     pub audience: String,
 
     /// Access-token lifetime, seconds (1..=86400).
-    #[arg(long, env = "AUTH_ACCESS_TOKEN_TTL_SECS", default_value_t = 900,
-          value_parser = clap::value_parser!(i64).range(1..=86_400))]
-    pub access_token_ttl_secs: i64,
+    #[arg(long = "access-token-ttl-secs", env = "AUTH_ACCESS_TOKEN_TTL_SECS",
+          default_value = "900", value_parser = seconds(1..=86_400))]
+    pub access_token_ttl: Duration,
 
     /// Refresh-token lifetime, seconds (1..=31536000, a year). Each rotation
     /// issues a token with a full lifetime, so an active session slides.
-    #[arg(long, env = "AUTH_REFRESH_TOKEN_TTL_SECS", default_value_t = 2_592_000,
-          value_parser = clap::value_parser!(i64).range(1..=31_536_000))]
-    pub refresh_token_ttl_secs: i64,
-
-    /// Seconds during which a just-retired refresh token yields the session's
-    /// current token instead of revoking the session (0..=300).
-    #[arg(long, env = "AUTH_REFRESH_REUSE_GRACE_SECS", default_value_t = 10,
-          value_parser = clap::value_parser!(i64).range(0..=300))]
-    pub refresh_reuse_grace_secs: i64,
+    #[arg(long = "refresh-token-ttl-secs", env = "AUTH_REFRESH_TOKEN_TTL_SECS",
+          default_value = "2592000", value_parser = seconds(1..=31_536_000))]
+    pub refresh_token_ttl: Duration,
 
     /// Clock skew tolerated when checking token expiry, seconds (0..=300).
-    #[arg(long, env = "AUTH_TOKEN_LEEWAY_SECS", default_value_t = 30,
-          value_parser = clap::value_parser!(u64).range(0..=300))]
-    pub token_leeway_secs: u64,
-
-    /// Failed logins of one account within the window after which further
-    /// attempts get RESOURCE_EXHAUSTED until the window ends.
-    #[arg(long, env = "AUTH_LOGIN_MAX_FAILURES_PER_ACCOUNT", default_value_t = 5,
-          value_parser = clap::value_parser!(i32).range(1..))]
-    pub login_max_failures_per_account: i32,
-
-    /// Failed logins from one client address within the window after which
-    /// its further attempts get RESOURCE_EXHAUSTED until the window ends.
-    #[arg(long, env = "AUTH_LOGIN_MAX_FAILURES_PER_CLIENT", default_value_t = 50,
-          value_parser = clap::value_parser!(i32).range(1..))]
-    pub login_max_failures_per_client: i32,
-
-    /// Length of the login-throttling window, seconds (1..=86400).
-    #[arg(long, env = "AUTH_LOGIN_FAILURE_WINDOW_SECS", default_value_t = 900,
-          value_parser = clap::value_parser!(u64).range(1..=86_400))]
-    pub login_failure_window_secs: u64,
-
-    /// Request header whose last entry is the client address, as a trusted
-    /// proxy appends it (e.g. `x-forwarded-for`), for throttling. Unset: the
-    /// TCP peer address.
-    #[arg(long, env = "AUTH_CLIENT_IP_HEADER", value_parser = parse_header_name)]
-    pub client_ip_header: Option<String>,
-
-    /// Seconds an RPC may take before the server gives up on it with
-    /// UNAVAILABLE (a stalled database must not hold requests forever;
-    /// 1..=600).
-    #[arg(long, env = "AUTH_REQUEST_TIMEOUT_SECS", default_value_t = 30,
-          value_parser = clap::value_parser!(u64).range(1..=600))]
-    pub request_timeout_secs: u64,
-
-    /// Most connections in the PostgreSQL pool (1..=1000).
-    #[arg(long, env = "AUTH_DB_MAX_CONNECTIONS", default_value_t = 10,
-          value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub db_max_connections: u32,
-
-    /// Seconds a request waits for a database connection before UNAVAILABLE
-    /// (1..=300).
-    #[arg(long, env = "AUTH_DB_ACQUIRE_TIMEOUT_SECS", default_value_t = 5,
-          value_parser = clap::value_parser!(u64).range(1..=300))]
-    pub db_acquire_timeout_secs: u64,
-
-    /// Apply pending migrations at start-up; turn off where deployments run
-    /// `realchat-auth migrate` as a separate step.
-    #[arg(long, env = "AUTH_MIGRATE_ON_START", default_value_t = true,
-          action = clap::ArgAction::Set)]
-    pub migrate_on_start: bool,
-
-    /// Seconds in-flight requests get to finish after SIGTERM or SIGINT
-    /// before the server stops anyway (1..=3600).
-    #[arg(long, env = "AUTH_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30,
-          value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub shutdown_timeout_secs: u64,
-
-    /// Sessions that expired or were revoked more than this many seconds ago
-    /// are deleted (0..=315360000, ten years).
-    #[arg(long, env = "AUTH_SESSION_RETENTION_SECS", default_value_t = 2_592_000,
-          value_parser = clap::value_parser!(u64).range(0..=315_360_000))]
-    pub session_retention_secs: u64,
-
-    /// Seconds between purges of old sessions (1..=86400).
-    #[arg(long, env = "AUTH_SESSION_PURGE_INTERVAL_SECS", default_value_t = 3600,
-          value_parser = clap::value_parser!(u64).range(1..=86_400))]
-    pub session_purge_interval_secs: u64,
-
-    /// Log format: `text` (human-readable) or `json`.
-    #[arg(long, env = "AUTH_LOG_FORMAT", default_value = "text",
-          value_parser = ["text", "json"])]
-    pub log_format: String,
+    #[arg(long = "token-leeway-secs", env = "AUTH_TOKEN_LEEWAY_SECS", default_value = "30",
+          value_parser = seconds(0..=300))]
+    pub token_leeway: Duration,
 }
 
-impl Config {
-    /// The settings from the command line and the environment, as
-    /// [`clap::Parser::parse`] reads them, except that each setting's value
-    /// is named by its environment variable (`--bcrypt-cost
-    /// <AUTH_BCRYPT_COST>`), in `--help` and in the error that a bad value
-    /// gives at start, since deployments mostly set the variables. Exits
-    /// (status 2) on a bad value.
-    pub fn from_args_and_env() -> Self {
-        use clap::{CommandFactory as _, FromArgMatches as _};
-        let command = Self::command().mut_args(|arg| match arg.get_env() {
-            Some(env) => {
-                let name = env.to_string_lossy().into_owned();
-                arg.value_name(name)
-            }
-            None => arg,
-        });
-        Self::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit())
-    }
-
+impl TokenConfig {
     /// The paths of `AUTH_VERIFICATION_KEY_FILES`: comma separated, spaces
     /// around entries and empty entries ignored.
     pub fn verification_key_paths(&self) -> Vec<PathBuf> {
@@ -204,6 +241,106 @@ impl Config {
             .filter(|entry| !entry.is_empty())
             .map(PathBuf::from)
             .collect()
+    }
+
+    /// Loads the signing key (or generates one, with a warning) and the
+    /// verification-only keys, and builds the token service over them.
+    ///
+    /// # Errors
+    /// A key file that cannot be read or is no usable key, named by its
+    /// setting.
+    pub fn token_service(&self) -> anyhow::Result<TokenService> {
+        let key = match &self.signing_key_file {
+            Some(path) => SigningKey::from_pem_file(path).context("AUTH_SIGNING_KEY_FILE")?,
+            None => {
+                tracing::warn!(
+                    "AUTH_SIGNING_KEY_FILE is not set: generated a signing key; \
+                     tokens will not survive a restart"
+                );
+                SigningKey::generate()?
+            }
+        };
+        tracing::info!(kid = key.kid(), "signing key loaded");
+        let verification_keys = self
+            .verification_key_paths()
+            .iter()
+            .map(|path| verification_key_from_pem_file(path))
+            .collect::<Result<Vec<_>, _>>()
+            .context("AUTH_VERIFICATION_KEY_FILES")?;
+        for k in &verification_keys {
+            tracing::info!(kid = k.kid(), "verification key loaded");
+        }
+        Ok(TokenService::with_verification_keys(
+            key,
+            verification_keys,
+            TokenSettings {
+                issuer: self.issuer.clone(),
+                audience: self.audience.clone(),
+                access_ttl: self.access_token_ttl,
+                refresh_ttl: self.refresh_token_ttl,
+                leeway: self.token_leeway,
+            },
+        ))
+    }
+}
+
+/// Refresh-token rotation and how long ended sessions are kept.
+#[derive(Clone, clap::Args)]
+pub struct SessionConfig {
+    /// Seconds during which a just-retired refresh token yields the session's
+    /// current token instead of revoking the session (0..=300).
+    #[arg(long = "refresh-reuse-grace-secs", env = "AUTH_REFRESH_REUSE_GRACE_SECS",
+          default_value = "10", value_parser = seconds(0..=300))]
+    pub refresh_reuse_grace: Duration,
+
+    /// Sessions that expired or were revoked more than this many seconds ago
+    /// are deleted (0..=315360000, ten years).
+    #[arg(long = "session-retention-secs", env = "AUTH_SESSION_RETENTION_SECS",
+          default_value = "2592000", value_parser = seconds(0..=315_360_000))]
+    pub session_retention: Duration,
+
+    /// Seconds between purges of old sessions (1..=86400).
+    #[arg(long = "session-purge-interval-secs", env = "AUTH_SESSION_PURGE_INTERVAL_SECS",
+          default_value = "3600", value_parser = seconds(1..=86_400))]
+    pub session_purge_interval: Duration,
+}
+
+/// Login throttling and how clients are told apart.
+#[derive(Clone, clap::Args)]
+pub struct ThrottleConfig {
+    /// Failed logins of one account within the window after which further
+    /// attempts get RESOURCE_EXHAUSTED until the window ends (at least 1).
+    #[arg(long, env = "AUTH_LOGIN_MAX_FAILURES_PER_ACCOUNT", default_value_t = 5,
+          value_parser = clap::value_parser!(i32).range(1..))]
+    pub login_max_failures_per_account: i32,
+
+    /// Failed logins from one client address within the window after which
+    /// its further attempts get RESOURCE_EXHAUSTED until the window ends (at
+    /// least 1).
+    #[arg(long, env = "AUTH_LOGIN_MAX_FAILURES_PER_CLIENT", default_value_t = 50,
+          value_parser = clap::value_parser!(i32).range(1..))]
+    pub login_max_failures_per_client: i32,
+
+    /// Length of the login-throttling window, seconds (1..=86400).
+    #[arg(long = "login-failure-window-secs", env = "AUTH_LOGIN_FAILURE_WINDOW_SECS",
+          default_value = "900", value_parser = seconds(1..=86_400))]
+    pub login_failure_window: Duration,
+
+    /// Request header whose last entry is the client address, as a trusted
+    /// proxy appends it (e.g. `x-forwarded-for`), for throttling. Unset: the
+    /// TCP peer address.
+    #[arg(long, env = "AUTH_CLIENT_IP_HEADER", value_parser = parse_header_name)]
+    pub client_ip_header: Option<String>,
+}
+
+impl ThrottleConfig {
+    /// The throttle's limits and window.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            per_account: self.login_max_failures_per_account,
+            per_client: self.login_max_failures_per_client,
+            window: self.login_failure_window,
+        }
     }
 }
 
@@ -216,27 +353,26 @@ fn parse_header_name(name: &str) -> Result<String, String> {
     }
 }
 
-/// Subcommands of `realchat-auth`.
-#[derive(Clone, Debug, clap::Subcommand)]
-pub enum Command {
-    /// Apply the database migrations and exit.
-    Migrate,
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use clap::Parser as _;
 
-    use super::Config;
+    use super::{BcryptPriority, Config};
 
     #[test]
     fn defaults_parse_and_bad_values_name_their_setting() {
         let config = Config::try_parse_from(["realchat-auth"]).unwrap();
-        assert_eq!(config.bcrypt_cost, 12);
-        assert_eq!(config.grpc_addr.to_string(), "127.0.0.1:50051");
-        assert_eq!(config.access_token_ttl_secs, 900);
-        assert_eq!(config.refresh_token_ttl_secs, 30 * 24 * 3600);
-        assert_eq!(config.refresh_reuse_grace_secs, 10);
+        assert_eq!(config.passwords.bcrypt_cost, 12);
+        assert_eq!(config.listen.grpc_addr.to_string(), "127.0.0.1:50051");
+        assert_eq!(config.tokens.access_token_ttl, Duration::from_secs(900));
+        assert_eq!(
+            config.tokens.refresh_token_ttl,
+            Duration::from_secs(30 * 24 * 3600)
+        );
+        assert_eq!(config.sessions.refresh_reuse_grace, Duration::from_secs(10));
+        assert_eq!(config.passwords.bcrypt_priority, BcryptPriority::Idle);
         for (flag, value) in [
             ("--db-max-connections", "0"),
             ("--refresh-reuse-grace-secs", "99999999999999999"),
@@ -244,6 +380,8 @@ mod tests {
             ("--access-token-ttl-secs", "0"),
             ("--bcrypt-cost", "3"),
             ("--grpc-addr", "not-an-address"),
+            ("--bcrypt-priority", "high"),
+            ("--log-format", "xml"),
         ] {
             let error = Config::try_parse_from(["realchat-auth", flag, value])
                 .err()

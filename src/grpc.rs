@@ -17,7 +17,8 @@ use crate::proto::{
     LoginRequest, LoginResponse, LogoutRequest, LogoutResponse, RefreshRequest, RefreshResponse,
     RegisterRequest, RegisterResponse,
 };
-use crate::service::{AuthService, LogoutScope, ServiceError, TokenPair};
+use crate::service::{AuthService, LogoutScope, ServiceError};
+use crate::token::TokenPair;
 
 /// `AuthApi` over an [`AuthService`].
 pub struct GrpcApi {

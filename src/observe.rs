@@ -1,5 +1,6 @@
-//! The server's HTTP port (`AUTH_HTTP_ADDR`): `/healthz`, `/readyz` and
-//! Prometheus `/metrics`.
+//! The server's HTTP port (`AUTH_HTTP_ADDR`): the operator routes every
+//! binary serves (`realchat_runtime::http`: `/healthz`, `/readyz`,
+//! `/metrics`) and the JWKS.
 //!
 //! - `GET /.well-known/jwks.json`: the public keys that verify tokens, as a
 //!   JWK Set (RFC 7517), with `Cache-Control: public, max-age=…`, so
@@ -16,20 +17,16 @@
 //!   - `auth_db_pool_connections{state="idle"|"in_use"}` (gauge).
 //!   - `auth_db_pool_max_connections` (gauge).
 
-use std::collections::HashSet;
-use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::header;
 use axum::routing::get;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusHandle};
+use realchat_runtime::http::Probe;
 use sqlx::PgPool;
-use tokio::net::TcpListener;
 
-use crate::store::MIGRATOR;
+use crate::store::{MIGRATOR, applied_migrations};
 
 /// Metric names, shared by the recorder set-up and the call sites.
 pub mod names {
@@ -47,24 +44,14 @@ pub mod names {
     pub const DB_POOL_MAX: &str = "auth_db_pool_max_connections";
 }
 
-/// The process-wide Prometheus recorder, installed on first use; `None` if
-/// another recorder was installed first.
-fn prometheus() -> Option<PrometheusHandle> {
-    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let seconds = [
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ];
-            let recorder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)
-                .ok()?
-                .build_recorder();
-            let handle = recorder.handle();
-            metrics::set_global_recorder(recorder).ok()?;
-            Some(handle)
-        })
-        .clone()
+/// The process-wide Prometheus recorder with the server's buckets: every
+/// `*_seconds` histogram from 1 ms to 10 s. Installed by the first call, so
+/// call it before anything records (start-up does).
+pub fn prometheus() -> Option<PrometheusHandle> {
+    const SECONDS: &[f64] = &[
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ];
+    realchat_runtime::http::prometheus(&[(Matcher::Suffix("_seconds".into()), SECONDS)])
 }
 
 /// The JWKS document and how long it may be cached.
@@ -72,73 +59,49 @@ fn prometheus() -> Option<PrometheusHandle> {
 pub struct Jwks {
     /// The JWK Set, serialised.
     pub document: String,
-    /// `Cache-Control: max-age`, seconds.
-    pub max_age_secs: u32,
+    /// `Cache-Control: max-age` (whole seconds).
+    pub max_age: Duration,
 }
 
+/// Readiness and pool gauges over the server's database.
 #[derive(Clone)]
-struct AppState {
-    pool: PgPool,
-    metrics: Option<PrometheusHandle>,
-    jwks: Arc<Jwks>,
-}
+struct Database(PgPool);
 
-/// Binds `addr` for the HTTP endpoints; serve with [`serve`].
-///
-/// # Errors
-/// When the address cannot be bound.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    // Installing the recorder here makes metrics recorded before the first
-    // scrape count.
-    let _ = prometheus();
-    TcpListener::bind(addr).await
-}
-
-/// Serves the endpoints on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, pool: PgPool, jwks: Jwks) {
-    let state = AppState {
-        pool,
-        metrics: prometheus(),
-        jwks: Arc::new(jwks),
-    };
-    let app = Router::new()
-        .route("/.well-known/jwks.json", get(jwks_document))
-        .route("/metrics", get(render_metrics))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(ready))
-        .with_state(state);
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "HTTP listening");
+impl Probe for Database {
+    async fn ready(&self) -> (bool, String) {
+        let (database, migrations) = readiness(&self.0, Duration::from_secs(2)).await;
+        (
+            database && migrations,
+            format!("database={database} migrations={migrations}"),
+        )
     }
-    if let Err(e) = axum::serve(listener, app).await {
-        tracing::error!(error = %e, "HTTP server failed");
+
+    fn refresh_gauges(&self) {
+        let pool = &self.0;
+        let size = pool.size();
+        let idle = u32::try_from(pool.num_idle()).unwrap_or(u32::MAX);
+        metrics::gauge!(names::DB_POOL, "state" => "idle").set(f64::from(idle));
+        metrics::gauge!(names::DB_POOL, "state" => "in_use")
+            .set(f64::from(size.saturating_sub(idle)));
+        metrics::gauge!(names::DB_POOL_MAX).set(f64::from(pool.options().get_max_connections()));
     }
 }
 
-async fn jwks_document(State(state): State<AppState>) -> impl axum::response::IntoResponse {
-    (
-        [
-            (header::CONTENT_TYPE, "application/jwk-set+json".to_owned()),
+/// The HTTP port's routes: the operator routes over `pool`, and the JWKS.
+pub fn router(pool: PgPool, jwks: Jwks) -> Router {
+    let cache = format!("public, max-age={}", jwks.max_age.as_secs());
+    realchat_runtime::http::router(Database(pool), prometheus()).route(
+        "/.well-known/jwks.json",
+        get(move || async move {
             (
-                header::CACHE_CONTROL,
-                format!("public, max-age={}", state.jwks.max_age_secs),
-            ),
-        ],
-        state.jwks.document.clone(),
+                [
+                    (header::CONTENT_TYPE, "application/jwk-set+json".to_owned()),
+                    (header::CACHE_CONTROL, cache),
+                ],
+                jwks.document,
+            )
+        }),
     )
-}
-
-async fn render_metrics(State(state): State<AppState>) -> String {
-    let Some(handle) = &state.metrics else {
-        return String::new();
-    };
-    let size = state.pool.size();
-    let idle = u32::try_from(state.pool.num_idle()).unwrap_or(u32::MAX);
-    metrics::gauge!(names::DB_POOL, "state" => "idle").set(f64::from(idle));
-    metrics::gauge!(names::DB_POOL, "state" => "in_use").set(f64::from(size.saturating_sub(idle)));
-    metrics::gauge!(names::DB_POOL_MAX).set(f64::from(state.pool.options().get_max_connections()));
-    handle.run_upkeep();
-    handle.render()
 }
 
 /// Whether PostgreSQL answers within `timeout` and every migration of this
@@ -151,32 +114,4 @@ pub(crate) async fn readiness(pool: &PgPool, timeout: Duration) -> (bool, bool) 
         Ok(applied) => (true, MIGRATOR.iter().all(|m| applied.contains(&m.version))),
         Err(_) => (false, false),
     }
-}
-
-async fn ready(State(state): State<AppState>) -> (StatusCode, String) {
-    let (database, migrations) = readiness(&state.pool, Duration::from_secs(2)).await;
-    let status = if database && migrations {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (
-        status,
-        format!("database={database} migrations={migrations}\n"),
-    )
-}
-
-/// Versions of the migrations applied successfully (none before the first).
-async fn applied_migrations(pool: &PgPool) -> Result<HashSet<i64>, sqlx::Error> {
-    let table: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
-        .fetch_one(pool)
-        .await?;
-    if !table {
-        return Ok(HashSet::new());
-    }
-    let versions: Vec<i64> =
-        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
-            .fetch_all(pool)
-            .await?;
-    Ok(versions.into_iter().collect())
 }

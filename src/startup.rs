@@ -13,13 +13,12 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
-use crate::config::Config;
+use crate::config::{Config, ListenConfig, SessionConfig, ThrottleConfig};
 use crate::grpc::GrpcApi;
-use crate::password::{HasherSettings, PasswordHasher};
+use crate::password::PasswordHasher;
 use crate::proto::auth_api_server::AuthApiServer;
 use crate::service::AuthService;
 use crate::store;
-use crate::token::{SigningKey, TokenService, TokenSettings, VerificationKey};
 
 /// Largest request message accepted, in bytes; larger ones are refused by
 /// tonic with OUT_OF_RANGE before they are decoded. Real requests are under
@@ -31,14 +30,11 @@ pub struct Application {
     listener: TcpListener,
     http_listener: TcpListener,
     service: Arc<AuthService>,
-    client_ip_header: Option<String>,
-    request_timeout: Duration,
     pool: PgPool,
     jwks: crate::observe::Jwks,
-    shutdown_timeout: Duration,
-    session_retention_secs: u64,
-    throttle_window_secs: u64,
-    session_purge_interval: Duration,
+    listen: ListenConfig,
+    sessions: SessionConfig,
+    throttle: ThrottleConfig,
 }
 
 /// Applies the migrations of `migrations/` to `DATABASE_URL` and returns
@@ -47,13 +43,11 @@ pub struct Application {
 /// # Errors
 /// When the database cannot be reached or a migration fails.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    let pool = store::connect(
-        &config.database_url,
-        1,
-        Duration::from_secs(config.db_acquire_timeout_secs),
-    )
-    .await
-    .context("connecting to DATABASE_URL")?;
+    let pool = config
+        .database
+        .connect(1)
+        .await
+        .context("connecting to DATABASE_URL")?;
     store::MIGRATOR
         .run(&pool)
         .await
@@ -64,97 +58,58 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
 
 impl Application {
     /// Connects to PostgreSQL, applies the migrations, loads or generates the
-    /// signing key, starts the bcrypt pool and binds `config.grpc_addr`
-    /// (port 0 picks a free port; see [`Application::local_addr`]).
+    /// signing key, starts the bcrypt pool and binds `AUTH_GRPC_ADDR` and
+    /// `AUTH_HTTP_ADDR` (port 0 picks a free port; see
+    /// [`Application::local_addr`]).
     ///
     /// # Errors
     /// Any start-up failure, with the setting or step it concerns.
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
-        // The key first: a bad key file should fail before touching the database.
-        let key = match &config.signing_key_file {
-            Some(path) => SigningKey::from_pem_file(path).context("AUTH_SIGNING_KEY_FILE")?,
-            None => {
-                tracing::warn!(
-                    "AUTH_SIGNING_KEY_FILE is not set: generated a signing key; \
-                     tokens will not survive a restart"
-                );
-                SigningKey::generate()?
-            }
-        };
-        tracing::info!(kid = key.kid(), "signing key loaded");
-        let verification_keys = config
-            .verification_key_paths()
-            .iter()
-            .map(|path| VerificationKey::from_pem_file(path))
-            .collect::<Result<Vec<_>, _>>()
-            .context("AUTH_VERIFICATION_KEY_FILES")?;
-        for k in &verification_keys {
-            tracing::info!(kid = k.kid(), "verification key loaded");
-        }
-        let pool = store::connect(
-            &config.database_url,
-            config.db_max_connections,
-            Duration::from_secs(config.db_acquire_timeout_secs),
-        )
-        .await
-        .context("connecting to DATABASE_URL")?;
-        if config.migrate_on_start {
+        // The keys first: a bad key file should fail before touching the
+        // database.
+        let tokens = config.tokens.token_service()?;
+        let pool = config
+            .database
+            .connect(config.database.max_connections)
+            .await
+            .context("connecting to DATABASE_URL")?;
+        if config.database.migrate_on_start {
             store::MIGRATOR
                 .run(&pool)
                 .await
                 .context("applying database migrations")?;
         }
-        let tokens = TokenService::with_verification_keys(
-            key,
-            verification_keys,
-            TokenSettings {
-                issuer: config.issuer.clone(),
-                audience: config.audience.clone(),
-                access_ttl_secs: config.access_token_ttl_secs,
-                refresh_ttl_secs: config.refresh_token_ttl_secs,
-                leeway_secs: config.token_leeway_secs,
-            },
-        );
         let jwks = crate::observe::Jwks {
             document: tokens.jwks().to_string(),
-            max_age_secs: config.jwks_max_age_secs,
+            max_age: config.tokens.jwks_max_age,
         };
-        let hasher = PasswordHasher::new(HasherSettings {
-            cost: config.bcrypt_cost,
-            threads: config.bcrypt_threads,
-            queue: config.bcrypt_queue,
-            idle_priority: config.bcrypt_priority == "idle",
-        })
-        .context("starting the bcrypt pool (AUTH_BCRYPT_*)")?;
+        let hasher = PasswordHasher::new(config.passwords.hasher_settings())
+            .context("starting the bcrypt pool (AUTH_BCRYPT_*)")?;
         let service = Arc::new(AuthService::new(
             pool.clone(),
             hasher,
             tokens,
-            config.refresh_reuse_grace_secs,
-            store::throttle::Limits {
-                per_account: config.login_max_failures_per_account,
-                per_client: config.login_max_failures_per_client,
-                window_secs: config.login_failure_window_secs,
-            },
+            config.sessions.refresh_reuse_grace,
+            config.throttle.limits(),
         ));
-        let listener = TcpListener::bind(config.grpc_addr)
+        let listen = &config.listen;
+        let listener = TcpListener::bind(listen.grpc_addr)
             .await
-            .with_context(|| format!("binding AUTH_GRPC_ADDR {}", config.grpc_addr))?;
-        let http_listener = crate::observe::bind(config.http_addr)
+            .with_context(|| format!("binding AUTH_GRPC_ADDR {}", listen.grpc_addr))?;
+        // The recorder before anything records, so early metrics count.
+        let _ = crate::observe::prometheus();
+        let http_listener = TcpListener::bind(listen.http_addr)
             .await
-            .with_context(|| format!("binding AUTH_HTTP_ADDR {}", config.http_addr))?;
+            .with_context(|| format!("binding AUTH_HTTP_ADDR {}", listen.http_addr))?;
         Ok(Self {
             listener,
             http_listener,
             service,
-            client_ip_header: config.client_ip_header.clone(),
-            request_timeout: Duration::from_secs(config.request_timeout_secs),
             pool,
             jwks,
-            shutdown_timeout: Duration::from_secs(config.shutdown_timeout_secs),
-            session_retention_secs: config.session_retention_secs,
-            throttle_window_secs: config.login_failure_window_secs,
-            session_purge_interval: Duration::from_secs(config.session_purge_interval_secs),
+            listen: listen.clone(),
+            sessions: config.sessions.clone(),
+            throttle: config.throttle.clone(),
         })
     }
 
@@ -196,16 +151,16 @@ impl Application {
             .build_v1alpha()
             .context("building the reflection service")?;
         let watcher = tokio::spawn(watch_database(self.pool.clone(), reporter));
-        let http = tokio::spawn(crate::observe::serve(
+        let http = tokio::spawn(realchat_runtime::http::serve(
             self.http_listener,
-            self.pool.clone(),
-            self.jwks,
+            crate::observe::router(self.pool.clone(), self.jwks),
+            "HTTP",
         ));
         let purger = tokio::spawn(purge_sessions(
             self.pool.clone(),
-            self.session_retention_secs,
-            self.throttle_window_secs,
-            self.session_purge_interval,
+            self.sessions.session_retention,
+            self.throttle.login_failure_window,
+            self.sessions.session_purge_interval,
         ));
         tracing::info!(%addr, "gRPC server listening");
         let (signalled, on_signal) = tokio::sync::oneshot::channel::<()>();
@@ -213,9 +168,10 @@ impl Application {
             shutdown.await;
             let _ = signalled.send(());
         };
+        let shutdown_timeout = self.listen.shutdown_timeout;
         let deadline = async move {
             if on_signal.await.is_ok() {
-                tokio::time::sleep(self.shutdown_timeout).await;
+                tokio::time::sleep(shutdown_timeout).await;
             } else {
                 std::future::pending::<()>().await;
             }
@@ -227,8 +183,8 @@ impl Application {
             .add_service(crate::grpc::Counted(
                 AuthApiServer::new(GrpcApi::new(
                     self.service,
-                    self.client_ip_header,
-                    self.request_timeout,
+                    self.throttle.client_ip_header,
+                    self.listen.request_timeout,
                 ))
                 .max_decoding_message_size(MAX_REQUEST_BYTES),
             ))
@@ -253,14 +209,14 @@ impl Application {
     }
 }
 
-/// Deletes expired and revoked sessions past their retention, and login
-/// throttle rows whose window ended, every
-/// `interval`, in batches of 1,000 (each its own short statement). Every
-/// replica runs it; the deletes are idempotent.
+/// Deletes expired and revoked sessions past their `retention`, and login
+/// throttle rows whose window ended, every `interval`, in batches of 1,000
+/// (each its own short statement). Every replica runs it; the deletes are
+/// idempotent.
 async fn purge_sessions(
     pool: PgPool,
-    retention_secs: u64,
-    throttle_window_secs: u64,
+    retention: Duration,
+    throttle_window: Duration,
     interval: Duration,
 ) {
     loop {
@@ -268,10 +224,10 @@ async fn purge_sessions(
         loop {
             let batch = async {
                 let mut conn = pool.acquire().await?;
-                let sessions = store::sessions::purge(&mut conn, retention_secs, 1000).await?;
+                let sessions = store::sessions::purge(&mut conn, retention, 1000).await?;
                 // Throttle rows of ended windows go with them.
                 let throttle =
-                    store::throttle::purge(&mut conn, throttle_window_secs, 1000).await?;
+                    store::throttle::purge(&mut conn, throttle_window, 1000).await?;
                 Ok::<_, store::StoreError>(sessions.max(throttle))
             };
             match batch.await {

@@ -2,7 +2,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::Email;
+use super::{Email, UserId};
 
 /// The `UserRegistered` event, written to the outbox in the `Register`
 /// transaction and published by the relay to the user topic.
@@ -15,7 +15,7 @@ pub struct UserRegistered {
     /// The event id: the outbox row's `id` and the `ce_id` header.
     pub event_id: Uuid,
     /// The new user's id (the aggregate id, and the Kafka key).
-    pub user_id: Uuid,
+    pub user_id: UserId,
     /// The normalised email.
     pub email: String,
     /// When the user was created, RFC 3339 with microseconds, UTC.
@@ -30,7 +30,7 @@ impl UserRegistered {
     pub const EVENT_TYPE: &'static str = "UserRegistered";
 
     /// The event for a user created at `at`, with a fresh (v7) event id.
-    pub fn new(user_id: Uuid, email: &Email, at: DateTime<Utc>) -> Self {
+    pub fn new(user_id: UserId, email: &Email, at: DateTime<Utc>) -> Self {
         Self {
             event_id: Uuid::now_v7(),
             user_id,
@@ -54,7 +54,8 @@ mod tests {
         .unwrap();
         let email = Email::parse("alice@example.com").unwrap();
         let payload =
-            serde_json::to_value(UserRegistered::new(Uuid::now_v7(), &email, Utc::now())).unwrap();
+            serde_json::to_value(UserRegistered::new(UserId::new_v7(), &email, Utc::now()))
+                .unwrap();
         let properties = schema["properties"].as_object().unwrap();
         for field in schema["required"].as_array().unwrap() {
             let field = field.as_str().unwrap();

@@ -5,6 +5,9 @@
 //! - [`NewPassword`]: a password that satisfies the registration policy.
 //! - [`PasswordAttempt`]: a password presented at login (normalised only).
 //! - [`UserRegistered`]: the event written to the outbox by `Register`.
+//! - [`UserId`], [`SessionId`], [`TokenId`]: typed ids, so a store call
+//!   cannot take one for another (defined with the token claims in the
+//!   verifier crate, which downstream services share).
 
 mod email;
 mod event;
@@ -12,6 +15,7 @@ mod password;
 
 pub use email::{Email, EmailError};
 pub use event::UserRegistered;
+pub use realchat_auth_verifier::{SessionId, TokenId, UserId};
 pub use password::{
     MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS, NewPassword, PasswordAttempt, PasswordError,
 };

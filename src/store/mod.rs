@@ -7,6 +7,7 @@ pub mod sessions;
 pub mod throttle;
 pub mod users;
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -71,4 +72,23 @@ pub async fn connect(
         .acquire_timeout(acquire_timeout)
         .connect(url)
         .await?)
+}
+
+/// Versions of the migrations applied successfully (none before the first),
+/// for readiness.
+///
+/// # Errors
+/// The database's.
+pub async fn applied_migrations(pool: &PgPool) -> Result<HashSet<i64>, sqlx::Error> {
+    let table: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(pool)
+        .await?;
+    if !table {
+        return Ok(HashSet::new());
+    }
+    let versions: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(pool)
+            .await?;
+    Ok(versions.into_iter().collect())
 }

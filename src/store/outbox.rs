@@ -5,10 +5,6 @@ use uuid::Uuid;
 
 use super::StoreError;
 
-/// NOTIFY channel the relay LISTENs on; the payload is empty: a wake-up,
-/// never data.
-pub const CHANNEL: &str = "outbox";
-
 /// One outbox row to write.
 #[derive(Debug)]
 pub struct NewEvent<'a> {
@@ -26,7 +22,8 @@ pub struct NewEvent<'a> {
     pub occurred_at: chrono::DateTime<chrono::Utc>,
 }
 
-/// Inserts the event and queues `NOTIFY outbox`, which PostgreSQL delivers
+/// Inserts the event and queues a `NOTIFY` on the outbox channel
+/// ([`realchat_runtime::outbox::NOTIFY_CHANNEL`]), which PostgreSQL delivers
 /// when (and only if) the surrounding transaction commits.
 ///
 /// # Errors
@@ -45,7 +42,7 @@ pub async fn insert(conn: &mut PgConnection, event: NewEvent<'_>) -> Result<(), 
     .execute(&mut *conn)
     .await?;
     sqlx::query("SELECT pg_notify($1, '')")
-        .bind(CHANNEL)
+        .bind(realchat_runtime::outbox::NOTIFY_CHANNEL)
         .execute(conn)
         .await?;
     Ok(())

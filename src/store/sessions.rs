@@ -2,9 +2,11 @@
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
-use uuid::Uuid;
+use std::time::Duration;
+
 
 use super::StoreError;
+use crate::domain::{SessionId, TokenId, UserId};
 
 /// Why a session was revoked, stored in `revoke_reason`.
 #[derive(Debug, Clone, Copy)]
@@ -26,18 +28,18 @@ impl RevokeReason {
 }
 
 /// A session row as the refresh logic needs it.
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Session {
     /// Session id (the `sid` claim).
-    pub id: Uuid,
+    pub id: SessionId,
     /// Owner (the `sub` claim).
-    pub user_id: Uuid,
+    pub user_id: UserId,
     /// jti of the one refresh token that may be rotated now.
-    pub current_jti: Uuid,
+    pub current_jti: TokenId,
     /// iat of that token (whole seconds).
     pub current_issued_at: DateTime<Utc>,
     /// jti retired by the latest rotation.
-    pub previous_jti: Option<Uuid>,
+    pub previous_jti: Option<TokenId>,
     /// When the latest rotation happened.
     pub rotated_at: Option<DateTime<Utc>>,
     /// exp of the current refresh token.
@@ -53,9 +55,9 @@ pub struct Session {
 /// [`StoreError`].
 pub async fn insert(
     conn: &mut PgConnection,
-    id: Uuid,
-    user_id: Uuid,
-    jti: Uuid,
+    id: SessionId,
+    user_id: UserId,
+    jti: TokenId,
     issued_at: DateTime<Utc>,
     expires_at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
@@ -78,7 +80,7 @@ pub async fn insert(
 ///
 /// # Errors
 /// [`StoreError`].
-pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<Session>, StoreError> {
+pub async fn lock(conn: &mut PgConnection, id: SessionId) -> Result<Option<Session>, StoreError> {
     Ok(sqlx::query_as(
         "SELECT id, user_id, current_jti, current_issued_at, previous_jti, rotated_at,
                 expires_at, revoked_at
@@ -97,8 +99,8 @@ pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<Session>, 
 /// [`StoreError`].
 pub async fn rotate(
     conn: &mut PgConnection,
-    id: Uuid,
-    new_jti: Uuid,
+    id: SessionId,
+    new_jti: TokenId,
     rotated_at: DateTime<Utc>,
     issued_at: DateTime<Utc>,
     expires_at: DateTime<Utc>,
@@ -120,13 +122,13 @@ pub async fn rotate(
 }
 
 /// Deletes up to `batch` sessions that expired or were revoked more than
-/// `retention_secs` ago; returns how many.
+/// `retention` ago; returns how many.
 ///
 /// # Errors
 /// [`StoreError`].
 pub async fn purge(
     conn: &mut PgConnection,
-    retention_secs: u64,
+    retention: Duration,
     batch: i64,
 ) -> Result<u64, StoreError> {
     let done = sqlx::query(
@@ -136,7 +138,7 @@ pub async fn purge(
                    < now() - make_interval(secs => $1)
              LIMIT $2)",
     )
-    .bind(retention_secs as f64)
+    .bind(retention.as_secs_f64())
     .bind(batch)
     .execute(conn)
     .await?;
@@ -151,10 +153,10 @@ pub async fn purge(
 /// [`StoreError`].
 pub async fn lock_user_sessions(
     conn: &mut PgConnection,
-    id: Uuid,
-    user_id: Uuid,
+    id: SessionId,
+    user_id: UserId,
 ) -> Result<bool, StoreError> {
-    let rows: Vec<(Uuid, bool)> = sqlx::query_as(
+    let rows: Vec<(SessionId, bool)> = sqlx::query_as(
         "SELECT id, revoked_at IS NULL FROM sessions
          WHERE user_id = $1 ORDER BY id FOR UPDATE",
     )
@@ -170,8 +172,8 @@ pub async fn lock_user_sessions(
 /// [`StoreError`].
 pub async fn revoke_all(
     conn: &mut PgConnection,
-    user_id: Uuid,
-    keep: Option<Uuid>,
+    user_id: UserId,
+    keep: Option<SessionId>,
     reason: RevokeReason,
     at: DateTime<Utc>,
 ) -> Result<u64, StoreError> {
@@ -196,8 +198,8 @@ pub async fn revoke_all(
 /// [`StoreError`].
 pub async fn revoke(
     conn: &mut PgConnection,
-    id: Uuid,
-    user_id: Uuid,
+    id: SessionId,
+    user_id: UserId,
     reason: RevokeReason,
     at: DateTime<Utc>,
 ) -> Result<bool, StoreError> {

@@ -1,29 +1,35 @@
-//! The `login_throttle` table: login attempts per account and per client
-//! within a window.
+//! The `login_throttle` table: counts of login attempts per key within a
+//! window. The rule that reads them (limits, what is a failure, when an
+//! attempt is taken back) is `service::throttle`'s; this module only counts.
 //!
-//! An attempt is counted before its password is checked, in one atomic
-//! upsert, so parallel guesses cannot all pass a check made before any of
-//! them was counted. A success then takes its own attempt back: it resets
-//! the account and uncounts itself from the client. So does an attempt that
-//! was refused (by the throttle or a full bcrypt pool) or left unanswered
-//! (timed out, cancelled): the counts are of wrong passwords and attempts in
-//! flight. Statements lock rows in key order (the upsert), one row at a
-//! time, or skip locked rows (the purge), so concurrent logins of one
-//! account or client cannot deadlock.
+//! Keys are `account:<normalised email>` and `client:<canonical address>`.
+//! Statements lock rows in key order (the upsert), one row at a time, or
+//! skip locked rows (the purge), so concurrent logins of one account or
+//! client cannot deadlock.
+
+use std::time::Duration;
 
 use sqlx::PgConnection;
 
 use super::StoreError;
 
-/// Limits and window of the throttle.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Failures of one account within a window after which it is blocked.
-    pub per_account: i32,
-    /// Failures from one client within a window after which it is blocked.
-    pub per_client: i32,
-    /// Window length, seconds.
-    pub window_secs: u64,
+/// One key's count after an attempt was added to it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Count {
+    /// Attempts counted in the key's current window, this one included.
+    pub attempts: i32,
+    /// Seconds until the key's window ends.
+    pub window_left_secs: f64,
+}
+
+/// The counts of the account and the client an attempt was counted against
+/// (`None` for a side the attempt did not name).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Counts {
+    /// The account's count.
+    pub account: Option<Count>,
+    /// The client's count.
+    pub client: Option<Count>,
 }
 
 fn keys(account: Option<&str>, client: Option<&str>) -> (Option<String>, Option<String>) {
@@ -33,19 +39,17 @@ fn keys(account: Option<&str>, client: Option<&str>) -> (Option<String>, Option<
     )
 }
 
-/// Counts one login attempt against `account` and `client`; returns the
-/// seconds until the later block ends when either is now over its limit
-/// (the caller refuses the attempt without checking the password), else
-/// `None`. A window older than `window_secs` starts over.
+/// Adds one attempt to `account` and `client`, in one atomic upsert, and
+/// returns their counts. A window older than `window` starts over.
 ///
 /// # Errors
 /// [`StoreError`].
-pub async fn begin_attempt(
+pub async fn count_attempt(
     conn: &mut PgConnection,
     account: Option<&str>,
     client: Option<&str>,
-    limits: Limits,
-) -> Result<Option<f64>, StoreError> {
+    window: Duration,
+) -> Result<Counts, StoreError> {
     let (account_key, client_key) = keys(account, client);
     let counted: Vec<(String, i32, f64)> = sqlx::query_as(
         "INSERT INTO login_throttle (key, failures, window_start)
@@ -61,24 +65,22 @@ pub async fn begin_attempt(
     )
     .bind(&account_key)
     .bind(&client_key)
-    .bind(limits.window_secs as f64)
+    .bind(window.as_secs_f64())
     .fetch_all(conn)
     .await?;
-    let blocked = counted
-        .into_iter()
-        .filter(|(key, failures, _)| {
-            let limit = if Some(key) == account_key.as_ref() {
-                limits.per_account
-            } else {
-                limits.per_client
-            };
-            *failures > limit
-        })
-        .map(|(_, _, remaining)| remaining)
-        .fold(None, |longest: Option<f64>, r| {
-            Some(longest.map_or(r, |l| l.max(r)))
+    let mut counts = Counts::default();
+    for (key, attempts, window_left_secs) in counted {
+        let count = Some(Count {
+            attempts,
+            window_left_secs,
         });
-    Ok(blocked.filter(|secs| *secs > 0.0))
+        if Some(&key) == account_key.as_ref() {
+            counts.account = count;
+        } else {
+            counts.client = count;
+        }
+    }
+    Ok(counts)
 }
 
 /// Deletes up to `batch` rows whose window ended; returns how many.
@@ -87,7 +89,7 @@ pub async fn begin_attempt(
 /// [`StoreError`].
 pub async fn purge(
     conn: &mut PgConnection,
-    window_secs: u64,
+    window: Duration,
     batch: i64,
 ) -> Result<u64, StoreError> {
     let done = sqlx::query(
@@ -96,58 +98,44 @@ pub async fn purge(
              WHERE window_start <= now() - make_interval(secs => $1)
              LIMIT $2 FOR UPDATE SKIP LOCKED)",
     )
-    .bind(window_secs as f64)
+    .bind(window.as_secs_f64())
     .bind(batch)
     .execute(conn)
     .await?;
     Ok(done.rows_affected())
 }
 
-/// Takes back a successful attempt: forgets the account's failures and
-/// uncounts the attempt from the client.
+/// Forgets every attempt of `account`.
 ///
 /// # Errors
 /// [`StoreError`].
-pub async fn succeeded(
+pub async fn reset_account(conn: &mut PgConnection, account: &str) -> Result<(), StoreError> {
+    let (key, _) = keys(Some(account), None);
+    sqlx::query("DELETE FROM login_throttle WHERE key = $1")
+        .bind(key)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Takes one attempt back from `account` and from `client` (never below
+/// zero). One row per statement: a statement that locked both rows, in an
+/// order of its own, could deadlock with [`count_attempt`].
+///
+/// # Errors
+/// [`StoreError`].
+pub async fn uncount(
     conn: &mut PgConnection,
     account: Option<&str>,
     client: Option<&str>,
 ) -> Result<(), StoreError> {
     let (account_key, client_key) = keys(account, client);
-    // One row per statement: a statement that locked both rows, in an order
-    // of its own, could deadlock with `begin_attempt`.
-    if let Some(key) = account_key {
-        sqlx::query("DELETE FROM login_throttle WHERE key = $1")
-            .bind(key)
-            .execute(&mut *conn)
-            .await?;
-    }
-    uncount(conn, client_key).await
-}
-
-/// Takes back an attempt whose password was never checked (the bcrypt pool
-/// was full): it is not a failure, so it leaves both counts as they were.
-///
-/// # Errors
-/// [`StoreError`].
-pub async fn abandoned(
-    conn: &mut PgConnection,
-    account: Option<&str>,
-    client: Option<&str>,
-) -> Result<(), StoreError> {
-    let (account_key, client_key) = keys(account, client);
-    uncount(&mut *conn, account_key).await?;
-    uncount(conn, client_key).await
-}
-
-/// Takes one attempt back from `key`'s count.
-async fn uncount(conn: &mut PgConnection, key: Option<String>) -> Result<(), StoreError> {
-    if let Some(key) = key {
+    for key in [account_key, client_key].into_iter().flatten() {
         sqlx::query(
             "UPDATE login_throttle SET failures = failures - 1 WHERE key = $1 AND failures > 0",
         )
         .bind(key)
-        .execute(conn)
+        .execute(&mut *conn)
         .await?;
     }
     Ok(())

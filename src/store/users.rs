@@ -2,10 +2,9 @@
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
-use uuid::Uuid;
 
 use super::StoreError;
-use crate::domain::Email;
+use crate::domain::{Email, UserId};
 
 /// Inserts a user unless the normalised email is taken. Returns false when it
 /// is: `ON CONFLICT DO NOTHING` waits for a racing insert of the same email
@@ -16,7 +15,7 @@ use crate::domain::Email;
 /// [`StoreError`].
 pub async fn insert(
     conn: &mut PgConnection,
-    id: Uuid,
+    id: UserId,
     email: &Email,
     password_hash: &str,
     created_at: DateTime<Utc>,
@@ -42,7 +41,7 @@ pub async fn insert(
 /// [`StoreError`].
 pub async fn set_password_hash(
     conn: &mut PgConnection,
-    id: Uuid,
+    id: UserId,
     password_hash: &str,
 ) -> Result<(), StoreError> {
     sqlx::query("UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1")
@@ -57,7 +56,7 @@ pub async fn set_password_hash(
 #[derive(sqlx::FromRow)]
 pub struct Credentials {
     /// The user id.
-    pub id: Uuid,
+    pub id: UserId,
     /// The bcrypt hash (modular crypt format).
     pub password_hash: String,
 }

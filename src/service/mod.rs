@@ -1,0 +1,57 @@
+//! The use-cases and their rules, one file per group: [`register`],
+//! [`login`], [`sessions`] (Refresh and Logout); the rules they share:
+//! [`throttle`] (login throttling) and [`rotation`] (refresh-token rotation
+//! and reuse detection, a pure function). One transaction per use-case; no
+//! tonic types in here: errors are [`ServiceError`], which `grpc.rs` maps to
+//! `tonic::Status` in one place. A new use-case is a new file here, an
+//! `impl AuthService` block of its own.
+
+mod error;
+pub mod login;
+pub mod register;
+pub mod rotation;
+pub mod sessions;
+pub mod throttle;
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+
+pub use error::ServiceError;
+pub use sessions::LogoutScope;
+
+use crate::password::PasswordHasher;
+use crate::token::TokenService;
+
+/// What every use-case works with: the database pool, the password hasher,
+/// the token service and the rules' settings.
+pub struct AuthService {
+    pool: PgPool,
+    hasher: PasswordHasher,
+    tokens: TokenService,
+    /// How long a just-retired refresh token still yields the session's
+    /// current token instead of revoking the session.
+    reuse_grace: chrono::Duration,
+    throttle: throttle::Throttle,
+}
+
+impl AuthService {
+    /// Builds the service; `reuse_grace` is the refresh-token reuse grace
+    /// window (whole seconds), `limits` the login throttle's.
+    pub fn new(
+        pool: PgPool,
+        hasher: PasswordHasher,
+        tokens: TokenService,
+        reuse_grace: Duration,
+        limits: throttle::Limits,
+    ) -> Self {
+        Self {
+            throttle: throttle::Throttle::new(pool.clone(), limits),
+            pool,
+            hasher,
+            tokens,
+            reuse_grace: chrono::Duration::from_std(reuse_grace)
+                .unwrap_or(chrono::Duration::MAX),
+        }
+    }
+}

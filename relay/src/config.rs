@@ -1,9 +1,18 @@
-//! Relay settings: one struct, read from flags and environment (clap).
-//! `realchat-relay --help` lists every setting with its default.
+//! Relay settings, read from flags and environment (clap), in groups that
+//! build what their part of the relay needs: [`KafkaConfig`] the librdkafka
+//! settings and topic names, [`PublishConfig`] the loop's pace,
+//! [`RetentionConfig`] the clean-up. `realchat-relay --help` lists every
+//! setting with its default.
 
-/// Settings of the `realchat-relay` process. Durations are milliseconds where
-/// the name ends in `_ms`. Not `Debug`: `DATABASE_URL` and the Kafka
-/// settings may carry passwords.
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use realchat_runtime::settings::{millis, seconds};
+use realchat_runtime::telemetry::LogFormat;
+
+/// Settings of the `realchat-relay` process. Not `Debug`: `DATABASE_URL`
+/// and the Kafka settings may carry passwords.
 #[derive(Clone, clap::Parser)]
 #[command(
     name = "realchat-relay",
@@ -19,6 +28,34 @@ pub struct RelayConfig {
     )]
     pub database_url: String,
 
+    /// The broker, the topics and the events' source.
+    #[command(flatten)]
+    pub kafka: KafkaConfig,
+
+    /// Batch size and the loop's waits.
+    #[command(flatten)]
+    pub publish: PublishConfig,
+
+    /// How long published rows are kept.
+    #[command(flatten)]
+    pub retention: RetentionConfig,
+
+    /// Address of the HTTP server with `/metrics` (Prometheus), `/healthz`
+    /// and `/readyz`; port 0 picks a free port (logged at start). Each relay
+    /// on one host needs its own.
+    #[arg(long, env = "RELAY_METRICS_ADDR", default_value = "127.0.0.1:9465")]
+    pub metrics_addr: Option<SocketAddr>,
+
+    /// Log format: `text` (human-readable) or `json` (one object per line,
+    /// for log shippers). The level comes from `RUST_LOG` (default `info`).
+    #[arg(long, env = "RELAY_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// The Kafka side: where the broker is, how the relay's clients talk to it,
+/// which topic each aggregate type goes to and how topics are created.
+#[derive(Clone, clap::Args)]
+pub struct KafkaConfig {
     /// Kafka bootstrap servers, comma-separated host:port.
     #[arg(
         long,
@@ -58,44 +95,12 @@ pub struct RelayConfig {
           value_parser = clap::value_parser!(i32).range(1..=100))]
     pub topic_replication: i32,
 
-    /// Most outbox rows claimed and produced per batch (1..=100000).
-    #[arg(long, env = "RELAY_BATCH_SIZE", default_value_t = 500,
-          value_parser = clap::value_parser!(i64).range(1..=100_000))]
-    pub batch_size: i64,
-
-    /// Poll interval in ms: the fallback when no NOTIFY arrives (1..=3600000).
-    #[arg(long, env = "RELAY_POLL_INTERVAL_MS", default_value_t = 1000,
-          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
-    pub poll_interval_ms: u64,
-
     /// librdkafka `message.timeout.ms`: how long a message may wait for the
     /// broker's acknowledgement before its delivery fails and the row is
     /// retried, in ms.
-    #[arg(long, env = "RELAY_DELIVERY_TIMEOUT_MS", default_value_t = 30_000,
-          value_parser = clap::value_parser!(u64).range(1..=900_000))]
-    pub delivery_timeout_ms: u64,
-
-    /// Most wait between retries after a failed batch, in ms (the backoff
-    /// doubles from the poll interval up to this).
-    #[arg(long, env = "RELAY_MAX_BACKOFF_MS", default_value_t = 30_000,
-          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
-    pub max_backoff_ms: u64,
-
-    /// Published rows older than this many seconds are deleted.
-    #[arg(long, env = "RELAY_RETENTION_SECS", default_value_t = 604_800,
-          value_parser = clap::value_parser!(u64).range(1..))]
-    pub retention_secs: u64,
-
-    /// Seconds between retention clean-ups.
-    #[arg(long, env = "RELAY_CLEANUP_INTERVAL_SECS", default_value_t = 60,
-          value_parser = clap::value_parser!(u64).range(1..=86_400))]
-    pub cleanup_interval_secs: u64,
-
-    /// Rows deleted per clean-up statement, each its own short transaction
-    /// (1..=100000).
-    #[arg(long, env = "RELAY_CLEANUP_BATCH", default_value_t = 1000,
-          value_parser = clap::value_parser!(i64).range(1..=100_000))]
-    pub cleanup_batch: i64,
+    #[arg(long, env = "RELAY_DELIVERY_TIMEOUT_MS", default_value = "30000",
+          value_parser = millis(1..=900_000))]
+    pub delivery_timeout_ms: Duration,
 
     /// Extra librdkafka setting as KEY=VALUE (repeatable), e.g.
     /// `security.protocol=sasl_ssl`. Environment variables `RELAY_KAFKA_*`
@@ -104,41 +109,12 @@ pub struct RelayConfig {
     #[arg(long = "kafka-config", value_name = "KEY=VALUE", value_parser = parse_setting)]
     pub kafka_config: Vec<(String, String)>,
 
-    /// Address of the HTTP server with `/metrics` (Prometheus), `/healthz`
-    /// and `/readyz`; port 0 picks a free port (logged at start). Each relay
-    /// on one host needs its own.
-    #[arg(long, env = "RELAY_METRICS_ADDR", default_value = "127.0.0.1:9465")]
-    pub metrics_addr: Option<std::net::SocketAddr>,
-
     /// CloudEvents `ce_source` header value.
     #[arg(long, env = "RELAY_CE_SOURCE", default_value = "/realchat/auth")]
     pub ce_source: String,
-
-    /// Log format: `text` (human-readable) or `json` (one object per line,
-    /// for log shippers). The level comes from `RUST_LOG` (default `info`).
-    #[arg(long, env = "RELAY_LOG_FORMAT", default_value = "text",
-          value_parser = ["text", "json"])]
-    pub log_format: String,
 }
 
-impl RelayConfig {
-    /// The settings from the command line and the environment, as
-    /// [`clap::Parser::parse`] reads them, except that each setting's value
-    /// is named by its environment variable (`--batch-size
-    /// <RELAY_BATCH_SIZE>`), in `--help` and in the error that a bad value
-    /// gives at start. Exits (status 2) on a bad value.
-    pub fn from_args_and_env() -> Self {
-        use clap::{CommandFactory as _, FromArgMatches as _};
-        let command = Self::command().mut_args(|arg| match arg.get_env() {
-            Some(env) => {
-                let name = env.to_string_lossy().into_owned();
-                arg.value_name(name)
-            }
-            None => arg,
-        });
-        Self::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit())
-    }
-
+impl KafkaConfig {
     /// The topic of an aggregate type: its entry in `RELAY_TOPICS`, else
     /// `<topic_prefix><aggregatetype>`.
     pub fn topic_for(&self, aggregatetype: &str) -> String {
@@ -150,6 +126,64 @@ impl RelayConfig {
                 |(_, t)| t.clone(),
             )
     }
+
+    /// The librdkafka settings every client of the relay shares: the extra
+    /// settings (`RELAY_KAFKA_*`, `--kafka-config`, e.g. SASL and TLS) first,
+    /// then the bootstrap servers.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut client = ClientConfig::new();
+        for (key, value) in &self.kafka_config {
+            client.set(key, value);
+        }
+        client.set("bootstrap.servers", &self.kafka_bootstrap_servers);
+        client
+    }
+
+    /// Whether an extra setting names `key`.
+    pub fn sets(&self, key: &str) -> bool {
+        self.kafka_config.iter().any(|(k, _)| k == key)
+    }
+}
+
+/// The publishing loop's pace: how much it claims at once and how long it
+/// waits when there is nothing to do or a batch failed.
+#[derive(Clone, clap::Args)]
+pub struct PublishConfig {
+    /// Most outbox rows claimed and produced per batch (1..=100000).
+    #[arg(long, env = "RELAY_BATCH_SIZE", default_value_t = 500,
+          value_parser = clap::value_parser!(i64).range(1..=100_000))]
+    pub batch_size: i64,
+
+    /// Poll interval in ms: the fallback when no NOTIFY arrives (1..=3600000).
+    #[arg(long, env = "RELAY_POLL_INTERVAL_MS", default_value = "1000",
+          value_parser = millis(1..=3_600_000))]
+    pub poll_interval_ms: Duration,
+
+    /// Most wait between retries after a failed batch, in ms (the backoff
+    /// doubles from the poll interval up to this).
+    #[arg(long, env = "RELAY_MAX_BACKOFF_MS", default_value = "30000",
+          value_parser = millis(1..=3_600_000))]
+    pub max_backoff_ms: Duration,
+}
+
+/// Retention: how long published rows are kept and how they are deleted.
+#[derive(Clone, clap::Args)]
+pub struct RetentionConfig {
+    /// Published rows older than this many seconds are deleted.
+    #[arg(long, env = "RELAY_RETENTION_SECS", default_value = "604800",
+          value_parser = seconds(1..=u64::MAX))]
+    pub retention_secs: Duration,
+
+    /// Seconds between retention clean-ups.
+    #[arg(long, env = "RELAY_CLEANUP_INTERVAL_SECS", default_value = "60",
+          value_parser = seconds(1..=86_400))]
+    pub cleanup_interval_secs: Duration,
+
+    /// Rows deleted per clean-up statement, each its own short transaction
+    /// (1..=100000).
+    #[arg(long, env = "RELAY_CLEANUP_BATCH", default_value_t = 1000,
+          value_parser = clap::value_parser!(i64).range(1..=100_000))]
+    pub cleanup_batch: i64,
 }
 
 fn parse_setting(s: &str) -> Result<(String, String), String> {
@@ -161,6 +195,8 @@ fn parse_setting(s: &str) -> Result<(String, String), String> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use clap::Parser as _;
 
     use super::RelayConfig;
@@ -168,16 +204,19 @@ mod tests {
     #[test]
     fn defaults_match_the_contract() {
         let config = RelayConfig::try_parse_from(["realchat-relay"]).unwrap();
-        assert_eq!(config.topic_for("user"), "realchat.auth.user");
-        assert_eq!(config.kafka_bootstrap_servers, "127.0.0.1:9092");
-        assert_eq!(config.topic_partitions, 3);
-        assert_eq!(config.retention_secs, 7 * 24 * 3600);
+        assert_eq!(config.kafka.topic_for("user"), "realchat.auth.user");
+        assert_eq!(config.kafka.kafka_bootstrap_servers, "127.0.0.1:9092");
+        assert_eq!(config.kafka.topic_partitions, 3);
+        assert_eq!(
+            config.retention.retention_secs,
+            Duration::from_secs(7 * 24 * 3600)
+        );
         let mapped =
             RelayConfig::try_parse_from(["realchat-relay", "--topic", "user=users.v1,order=o"])
                 .unwrap();
-        assert_eq!(mapped.topic_for("user"), "users.v1");
-        assert_eq!(mapped.topic_for("order"), "o");
-        assert_eq!(mapped.topic_for("other"), "realchat.auth.other");
+        assert_eq!(mapped.kafka.topic_for("user"), "users.v1");
+        assert_eq!(mapped.kafka.topic_for("order"), "o");
+        assert_eq!(mapped.kafka.topic_for("other"), "realchat.auth.other");
     }
 
     #[test]
@@ -191,7 +230,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            config.kafka_config,
+            config.kafka.kafka_config,
             [
                 ("security.protocol".to_owned(), "sasl_ssl".to_owned()),
                 ("sasl.password".to_owned(), "a=b".to_owned()),

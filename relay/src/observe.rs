@@ -1,4 +1,5 @@
-//! What operators see: Prometheus metrics and health on `RELAY_METRICS_ADDR`.
+//! What operators see: Prometheus metrics and health on `RELAY_METRICS_ADDR`,
+//! served by [`realchat_runtime::http`] over the relay's [`RelayProbe`].
 //!
 //! - `GET /metrics`: Prometheus text format.
 //! - `GET /healthz`: 200 while the process runs.
@@ -16,17 +17,16 @@
 //! - `relay_active` (gauge): 1 while this process holds the lock.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::get;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::Matcher;
 use rdkafka::producer::{BaseProducer, Producer as _};
+use realchat_runtime::http::{self, Buckets, Probe};
 use sqlx::PgPool;
+
+use crate::store;
 
 /// Metric names, shared by the recorder set-up and the call sites.
 pub mod names {
@@ -44,6 +44,20 @@ pub mod names {
     pub const BATCH_DURATION: &str = "relay_batch_duration_seconds";
     /// Gauge: 1 while holding the lock.
     pub const ACTIVE: &str = "relay_active";
+}
+
+/// The histogram buckets of the relay's metrics.
+pub fn buckets() -> [Buckets; 2] {
+    [
+        (
+            Matcher::Full(names::BATCH_SIZE.into()),
+            &[1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0],
+        ),
+        (
+            Matcher::Full(names::BATCH_DURATION.into()),
+            &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0],
+        ),
+    ]
 }
 
 /// The relay's role, for readiness.
@@ -80,125 +94,72 @@ impl Health {
     }
 }
 
-/// The process-wide Prometheus recorder, installed on first use. `None` if
-/// another recorder was installed first (then metrics go there).
-fn prometheus() -> Option<PrometheusHandle> {
-    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let builder = PrometheusBuilder::new()
-                .set_buckets_for_metric(
-                    Matcher::Full(names::BATCH_SIZE.into()),
-                    &[1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0],
-                )
-                .and_then(|b| {
-                    b.set_buckets_for_metric(
-                        Matcher::Full(names::BATCH_DURATION.into()),
-                        &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0],
-                    )
-                })
-                .ok()?;
-            let recorder = builder.build_recorder();
-            let handle = recorder.handle();
-            metrics::set_global_recorder(recorder).ok()?;
-            Some(handle)
-        })
-        .clone()
-}
-
+/// What `/readyz` checks: the relay's role, its pool, and (while active)
+/// the broker, through a client of its own.
 #[derive(Clone)]
-struct AppState {
+pub struct RelayProbe {
     health: Arc<Health>,
     pool: PgPool,
-    probe: Arc<BaseProducer>,
-    metrics: Option<PrometheusHandle>,
+    broker: Arc<BaseProducer>,
 }
 
-/// Binds `addr` and serves the endpoints in the background; logs the bound
-/// address (`metrics listening addr=…`).
-///
-/// # Errors
-/// When the address cannot be bound.
-pub async fn serve(
-    addr: SocketAddr,
-    health: Arc<Health>,
-    pool: PgPool,
-    probe: BaseProducer,
-) -> std::io::Result<()> {
-    let state = AppState {
-        health,
-        pool,
-        probe: Arc::new(probe),
-        metrics: prometheus(),
-    };
-    let app = Router::new()
-        .route("/metrics", get(render_metrics))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(ready))
-        .with_state(state);
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(addr = %listener.local_addr()?, "metrics listening");
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "metrics server failed");
+impl RelayProbe {
+    /// A probe over the relay's `health` and `pool`, asking the broker
+    /// through `broker`.
+    pub fn new(health: Arc<Health>, pool: PgPool, broker: BaseProducer) -> Self {
+        Self {
+            health,
+            pool,
+            broker: Arc::new(broker),
         }
-    });
-    Ok(())
-}
-
-async fn render_metrics(State(state): State<AppState>) -> String {
-    match &state.metrics {
-        Some(handle) => {
-            handle.run_upkeep();
-            handle.render()
-        }
-        None => String::new(),
     }
 }
 
-async fn ready(State(state): State<AppState>) -> (StatusCode, String) {
-    let role = state.health.role();
-    let database = tokio::time::timeout(
-        Duration::from_secs(2),
-        sqlx::query("SELECT 1").execute(&state.pool),
-    )
-    .await
-    .is_ok_and(|r| r.is_ok());
-    let broker = if role == Role::Active {
-        let probe = Arc::clone(&state.probe);
-        tokio::task::spawn_blocking(move || {
-            probe
-                .client()
-                .fetch_metadata(None, Duration::from_secs(2))
-                .is_ok()
-        })
-        .await
-        .unwrap_or(false)
-    } else {
-        true
-    };
-    let ok = database && broker && role != Role::Starting;
-    let status = if ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (
-        status,
-        format!("role={role:?} database={database} broker={broker}\n"),
-    )
+impl Probe for RelayProbe {
+    /// Ready when not starting, PostgreSQL answers within 2 s and, while
+    /// active, the broker's metadata arrives within 2 s. The body reads
+    /// `role=Active database=true broker=true`.
+    async fn ready(&self) -> (bool, String) {
+        let role = self.health.role();
+        let database = tokio::time::timeout(Duration::from_secs(2), store::ping(&self.pool))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        let broker = if role == Role::Active {
+            let broker = Arc::clone(&self.broker);
+            tokio::task::spawn_blocking(move || {
+                broker
+                    .client()
+                    .fetch_metadata(None, Duration::from_secs(2))
+                    .is_ok()
+            })
+            .await
+            .unwrap_or(false)
+        } else {
+            true
+        };
+        let ok = database && broker && role != Role::Starting;
+        (
+            ok,
+            format!("role={role:?} database={database} broker={broker}"),
+        )
+    }
 }
 
-/// Refreshes the unpublished-row gauges.
+/// Binds `addr` and serves the operator port over `probe` in the background;
+/// logs the bound address (`metrics listening addr=…`).
+///
+/// # Errors
+/// When the address cannot be bound.
+pub async fn serve(addr: SocketAddr, probe: RelayProbe) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let router = http::router(probe, http::prometheus(&buckets()));
+    tokio::spawn(http::serve(listener, router, "metrics"));
+    Ok(())
+}
+
+/// Refreshes the unpublished-row gauges; a failure is only logged (debug).
 pub async fn update_backlog(pool: &PgPool) {
-    let backlog: Result<(i64, f64), _> = sqlx::query_as(
-        "SELECT count(*),
-                COALESCE(EXTRACT(EPOCH FROM now() - min(created_at))::float8, 0)
-         FROM outbox WHERE published_at IS NULL",
-    )
-    .fetch_one(pool)
-    .await;
-    match backlog {
+    match store::backlog(pool).await {
         Ok((rows, age)) => {
             metrics::gauge!(names::UNPUBLISHED).set(rows as f64);
             metrics::gauge!(names::OLDEST_AGE).set(age.max(0.0));

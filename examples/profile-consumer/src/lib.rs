@@ -7,8 +7,6 @@
 //! are committed only after the database transaction committed, so a crash
 //! in between means redelivery, never loss. See docs/events.md for the event
 //! contract.
-#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-#![warn(missing_docs)]
 
 use std::future::Future;
 use std::time::Duration;

@@ -1,25 +1,26 @@
 //! `realchat-profile-consumer`: the example Profile consumer. Stops on
 //! SIGINT or SIGTERM (what `docker stop` sends) after the message in hand.
 
-use clap::Parser as _;
 use realchat_profile_consumer::ProfileConfig;
-use tokio::signal::unix::{SignalKind, signal};
+use realchat_runtime::telemetry::LogFormat;
+use realchat_runtime::{settings, shutdown, telemetry};
 
-/// `RUST_LOG` when unset: info, less PostgreSQL's notices ("relation
-/// _sqlx_migrations already exists, skipping" at every start).
-const DEFAULT_LOG_FILTER: &str = "info,sqlx::postgres::notice=warn";
+/// The consumer's settings plus the process's own.
+#[derive(clap::Parser)]
+#[command(name = "realchat-profile-consumer", about = "Example Profile consumer")]
+struct Cli {
+    #[command(flatten)]
+    profile: ProfileConfig,
+
+    /// Log format: `text` (human-readable) or `json` (one object per line,
+    /// for log shippers). The level comes from `RUST_LOG` (default `info`).
+    #[arg(long, env = "PROFILE_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
-    let mut term = signal(SignalKind::terminate())?;
-    realchat_profile_consumer::run(ProfileConfig::parse(), async move {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {},
-            _ = term.recv() => {},
-        }
-    })
-    .await
+    let cli: Cli = settings::from_args_and_env();
+    telemetry::init(cli.log_format);
+    realchat_profile_consumer::run(cli.profile, shutdown::signal()).await
 }

@@ -1,69 +1,41 @@
 //! Claim, produce, mark: the outbox's batches, two at a time (one in
-//! flight while the next is claimed).
+//! flight while the next is claimed). Records the batch metrics.
 
-use std::collections::HashSet;
-
-use chrono::{DateTime, Utc};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::observe::names;
-use crate::{RelayConfig, kafka};
-
-/// The claim statement: up to `$1` unpublished rows in `seq` order whose
-/// `seq` is below `$2` or above `$3` (the range of the batch in flight;
-/// `$2 = 0, $3 = -1` skips nothing). Columns: `id`, `seq`, `aggregatetype`,
-/// `aggregateid`, `type`, `payload` (as text), `created_at`.
-///
-/// It is two ordered scans of the unpublished-rows index, below and above
-/// the range, merged, so each stops after `$1` rows and a claim costs the
-/// same whatever the backlog. (`seq < $2 OR seq > $3` made PostgreSQL read
-/// every unpublished row and sort them; see [`crate::connect`] for the
-/// rest.)
-pub const CLAIM: &str = "\
-    SELECT id, seq, aggregatetype, aggregateid, type, payload::text AS payload, created_at
-    FROM ((SELECT * FROM outbox WHERE published_at IS NULL AND seq < $2 ORDER BY seq LIMIT $1)
-          UNION ALL
-          (SELECT * FROM outbox WHERE published_at IS NULL AND seq > $3 ORDER BY seq LIMIT $1))
-         AS unpublished
-    ORDER BY seq LIMIT $1";
-
-/// One unpublished outbox row.
-#[derive(Debug, sqlx::FromRow)]
-struct Row {
-    id: Uuid,
-    seq: i64,
-    aggregatetype: String,
-    aggregateid: String,
-    #[sqlx(rename = "type")]
-    event_type: String,
-    payload: String,
-    created_at: DateTime<Utc>,
-}
+use crate::publisher::Publisher;
+use crate::store;
 
 /// Why a batch did not fully publish.
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {
+    /// The claim or the mark failed.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    /// A topic could not be created.
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    /// The broker did not acknowledge some events (failed or timed out).
     #[error("{failed} of {claimed} events not acknowledged; first error: {first}")]
     Undelivered {
+        /// Rows of the batch left unmarked.
         failed: usize,
+        /// Rows in the batch.
         claimed: usize,
+        /// The first delivery error.
         first: String,
     },
 }
 
 /// A claimed batch whose messages are with the producer.
-pub struct InFlight {
+struct InFlight {
     /// Ids and `seq` of the claimed rows, in `seq` order.
     rows: Vec<(Uuid, i64)>,
     /// Delivery reports of the first `deliveries.len()` rows (the producer's
     /// queue may have refused the rest; they stay unpublished).
-    deliveries: Vec<DeliveryFuture>,
+    deliveries: Vec<rdkafka::producer::DeliveryFuture>,
     started: std::time::Instant,
 }
 
@@ -86,7 +58,7 @@ pub struct Pipeline {
 impl Pipeline {
     /// One step: claims up to `batch_size` unpublished rows in `seq` order
     /// (skipping the batch in flight) and produces them, while it completes
-    /// the batch that was in flight before (see [`complete`]). When fewer rows
+    /// the batch that was in flight before (see `complete`). When fewer rows
     /// than a full batch were claimed, or the producer's queue refused some,
     /// the new batch is completed too, so a quiet outbox leaves nothing in
     /// flight. Returns the number of rows handed to the producer.
@@ -97,16 +69,15 @@ impl Pipeline {
     pub async fn step(
         &mut self,
         pool: &PgPool,
-        producer: &FutureProducer,
-        config: &RelayConfig,
-        topics: &mut HashSet<String>,
+        publisher: &mut Publisher,
+        batch_size: i64,
     ) -> Result<usize, BatchError> {
         let skip = self.in_flight.as_ref().and_then(InFlight::range);
         // The next batch is claimed and produced while the one before is
         // awaited and marked: two database connections, so PostgreSQL's
         // work on the two batches overlaps with the relay's.
         let (claimed, completed) = tokio::join!(
-            claim_and_produce(pool, producer, config, topics, skip),
+            claim_and_produce(pool, publisher, batch_size, skip),
             self.finish(pool)
         );
         let claimed = match (claimed, completed) {
@@ -134,7 +105,7 @@ impl Pipeline {
         // Only a full batch that the producer took whole stays in flight
         // beside the next one: after a short batch the outbox is drained,
         // and after a refused message the next batch must wait for it.
-        let full = batch.rows.len() >= usize::try_from(config.batch_size).unwrap_or(usize::MAX);
+        let full = batch.rows.len() >= usize::try_from(batch_size).unwrap_or(usize::MAX);
         let enqueued = batch.deliveries.len();
         if full && enqueued == batch.rows.len() {
             self.in_flight = Some(batch);
@@ -163,57 +134,19 @@ impl Pipeline {
 /// producer in that order. `None` when there is nothing to claim.
 async fn claim_and_produce(
     pool: &PgPool,
-    producer: &FutureProducer,
-    config: &RelayConfig,
-    topics: &mut HashSet<String>,
+    publisher: &mut Publisher,
+    batch_size: i64,
     skip: Option<(i64, i64)>,
 ) -> Result<Option<InFlight>, BatchError> {
     let started = std::time::Instant::now();
     // Claiming is by the flag, never by a cursor: the range only keeps the
     // batch in flight from being claimed twice, and a late commit inside it
     // is claimed once that batch is done.
-    let (lo, hi) = skip.unwrap_or((0, -1));
-    let rows: Vec<Row> = sqlx::query_as(CLAIM)
-        .bind(config.batch_size)
-        .bind(lo)
-        .bind(hi)
-        .fetch_all(pool)
-        .await?;
+    let rows = store::claim(pool, batch_size, skip).await?;
     if rows.is_empty() {
         return Ok(None);
     }
-    let names: Vec<String> = rows
-        .iter()
-        .map(|r| config.topic_for(&r.aggregatetype))
-        .collect();
-    for name in &names {
-        if !topics.contains(name) {
-            kafka::ensure_topic(config, name).await?;
-            topics.insert(name.clone());
-        }
-    }
-
-    let mut deliveries = Vec::with_capacity(rows.len());
-    for (row, topic) in rows.iter().zip(&names) {
-        let headers = kafka::cloudevents_headers(
-            &row.id,
-            &row.event_type,
-            &config.ce_source,
-            &row.created_at,
-        );
-        let record = FutureRecord::to(topic)
-            .key(&row.aggregateid)
-            .payload(&row.payload)
-            .headers(headers);
-        match producer.send_result(record) {
-            Ok(delivery) => deliveries.push(delivery),
-            // Queue full: produce the rest in a later batch.
-            Err((e, _)) => {
-                tracing::warn!(error = %e, "producer queue refused a message");
-                break;
-            }
-        }
-    }
+    let deliveries = publisher.produce(&rows).await?;
     Ok(Some(InFlight {
         rows: rows.iter().map(|r| (r.id, r.seq)).collect(),
         deliveries,
@@ -254,10 +187,7 @@ async fn complete(pool: &PgPool, batch: InFlight) -> Result<usize, BatchError> {
         }
     }
     if !acked.is_empty() {
-        sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)")
-            .bind(&acked)
-            .execute(pool)
-            .await?;
+        store::mark_published(pool, &acked).await?;
     }
     tracing::debug!(claimed, published = acked.len(), "batch done");
     metrics::counter!(names::PUBLISHED).increment(acked.len() as u64);

@@ -98,9 +98,9 @@ pub struct KafkaConfig {
     /// librdkafka `message.timeout.ms`: how long a message may wait for the
     /// broker's acknowledgement before its delivery fails and the row is
     /// retried, in ms.
-    #[arg(long, env = "RELAY_DELIVERY_TIMEOUT_MS", default_value = "30000",
+    #[arg(long = "delivery-timeout-ms", env = "RELAY_DELIVERY_TIMEOUT_MS", default_value = "30000",
           value_parser = millis(1..=900_000))]
-    pub delivery_timeout_ms: Duration,
+    pub delivery_timeout: Duration,
 
     /// Extra librdkafka setting as KEY=VALUE (repeatable), e.g.
     /// `security.protocol=sasl_ssl`. Environment variables `RELAY_KAFKA_*`
@@ -155,29 +155,29 @@ pub struct PublishConfig {
     pub batch_size: i64,
 
     /// Poll interval in ms: the fallback when no NOTIFY arrives (1..=3600000).
-    #[arg(long, env = "RELAY_POLL_INTERVAL_MS", default_value = "1000",
+    #[arg(long = "poll-interval-ms", env = "RELAY_POLL_INTERVAL_MS", default_value = "1000",
           value_parser = millis(1..=3_600_000))]
-    pub poll_interval_ms: Duration,
+    pub poll_interval: Duration,
 
     /// Most wait between retries after a failed batch, in ms (the backoff
     /// doubles from the poll interval up to this).
-    #[arg(long, env = "RELAY_MAX_BACKOFF_MS", default_value = "30000",
+    #[arg(long = "max-backoff-ms", env = "RELAY_MAX_BACKOFF_MS", default_value = "30000",
           value_parser = millis(1..=3_600_000))]
-    pub max_backoff_ms: Duration,
+    pub max_backoff: Duration,
 }
 
 /// Retention: how long published rows are kept and how they are deleted.
 #[derive(Clone, clap::Args)]
 pub struct RetentionConfig {
     /// Published rows older than this many seconds are deleted.
-    #[arg(long, env = "RELAY_RETENTION_SECS", default_value = "604800",
+    #[arg(long = "retention-secs", env = "RELAY_RETENTION_SECS", default_value = "604800",
           value_parser = seconds(1..=u64::MAX))]
-    pub retention_secs: Duration,
+    pub retention: Duration,
 
     /// Seconds between retention clean-ups.
-    #[arg(long, env = "RELAY_CLEANUP_INTERVAL_SECS", default_value = "60",
+    #[arg(long = "cleanup-interval-secs", env = "RELAY_CLEANUP_INTERVAL_SECS", default_value = "60",
           value_parser = seconds(1..=86_400))]
-    pub cleanup_interval_secs: Duration,
+    pub cleanup_interval: Duration,
 
     /// Rows deleted per clean-up statement, each its own short transaction
     /// (1..=100000).
@@ -208,7 +208,7 @@ mod tests {
         assert_eq!(config.kafka.kafka_bootstrap_servers, "127.0.0.1:9092");
         assert_eq!(config.kafka.topic_partitions, 3);
         assert_eq!(
-            config.retention.retention_secs,
+            config.retention.retention,
             Duration::from_secs(7 * 24 * 3600)
         );
         let mapped =

@@ -145,7 +145,7 @@ pub fn producer(config: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
     client
         .set(
             "message.timeout.ms",
-            config.delivery_timeout_ms.as_millis().to_string(),
+            config.delivery_timeout.as_millis().to_string(),
         )
         .set("enable.idempotence", "true")
         .set("acks", "all")

@@ -36,7 +36,7 @@ use crate::store::{self, Lock};
 pub async fn run(config: RelayConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     tokio::pin!(shutdown);
     let publisher = Publisher::new(&config.kafka).context("creating the Kafka producer")?;
-    let poll = config.publish.poll_interval_ms;
+    let poll = config.publish.poll_interval;
     let pool = tokio::select! {
         pool = connect_with_retry(&config.database_url, poll) => pool,
         () = &mut shutdown => return Ok(()),
@@ -138,7 +138,7 @@ impl Worker {
     async fn stand_by<S: Future<Output = ()>>(&self, shutdown: &mut Pin<&mut S>) -> Option<Lock> {
         self.health.set_role(Role::Standby);
         tokio::select! {
-            lock = acquire_lock(&self.config.database_url, self.config.publish.poll_interval_ms) => Some(lock),
+            lock = acquire_lock(&self.config.database_url, self.config.publish.poll_interval) => Some(lock),
             () = &mut *shutdown => None,
         }
     }
@@ -160,10 +160,10 @@ impl Worker {
         tracing::info!("holding the relay lock; publishing");
         self.publisher.ensure_topics().await;
 
-        let poll = self.config.publish.poll_interval_ms;
+        let poll = self.config.publish.poll_interval;
         let mut listener = listen(&self.pool).await;
         let mut pipeline = Pipeline::default();
-        let mut backoff = Backoff::new(poll, self.config.publish.max_backoff_ms);
+        let mut backoff = Backoff::new(poll, self.config.publish.max_backoff);
         let mut next_cleanup = Instant::now();
         let mut next_backlog = Instant::now();
         loop {
@@ -178,7 +178,7 @@ impl Worker {
             }
             if Instant::now() >= next_cleanup {
                 delete_expired(&self.pool, &self.config.retention).await;
-                next_cleanup = Instant::now() + self.config.retention.cleanup_interval_secs;
+                next_cleanup = Instant::now() + self.config.retention.cleanup_interval;
             }
             let step = self.step(&mut pipeline).await;
             if Instant::now() >= next_backlog {
@@ -338,7 +338,7 @@ const MAX_BATCHES_PER_RUN: usize = 100;
 async fn delete_expired(pool: &PgPool, config: &RetentionConfig) -> u64 {
     let mut deleted = 0;
     for _ in 0..MAX_BATCHES_PER_RUN {
-        match store::delete_published(pool, config.retention_secs, config.cleanup_batch).await {
+        match store::delete_published(pool, config.retention, config.cleanup_batch).await {
             Ok(done) => {
                 deleted += done;
                 if done < config.cleanup_batch as u64 {

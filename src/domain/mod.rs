@@ -13,7 +13,7 @@ mod email;
 mod event;
 mod password;
 
-pub use email::{Email, EmailError};
+pub use email::{Email, EmailError, MAX_EMAIL_BYTES};
 pub use event::UserRegistered;
 pub use realchat_auth_verifier::{SessionId, TokenId, UserId};
 pub use password::{

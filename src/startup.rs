@@ -226,8 +226,7 @@ async fn purge_sessions(
                 let mut conn = pool.acquire().await?;
                 let sessions = store::sessions::purge(&mut conn, retention, 1000).await?;
                 // Throttle rows of ended windows go with them.
-                let throttle =
-                    store::throttle::purge(&mut conn, throttle_window, 1000).await?;
+                let throttle = store::throttle::purge(&mut conn, throttle_window, 1000).await?;
                 Ok::<_, store::StoreError>(sessions.max(throttle))
             };
             match batch.await {

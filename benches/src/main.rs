@@ -18,22 +18,22 @@
 //! checks that the harness still works.
 
 mod load;
-mod procs;
 mod relay;
 mod report;
 mod stats;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use rdkafka::consumer::Consumer as _;
+use realchat_testkit::broker;
+use realchat_testkit::db::with_database;
+use realchat_testkit::process::{Process, command, free_port};
 use sqlx::{Connection as _, PgConnection};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::load::{LoginClient, RefreshClient, Registerer, closed_loop, open_loop};
-use crate::procs::Process;
 use crate::report::{Run, Settings};
 
 #[derive(Parser, Clone)]
@@ -125,6 +125,10 @@ impl Args {
 
 const WARMUP: Duration = Duration::from_secs(2);
 
+/// How long a process may take to become ready (the server's first start
+/// runs the migrations).
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
@@ -177,7 +181,7 @@ async fn bench(
     id: &str,
     database_url: &str,
 ) -> anyhow::Result<report::Report> {
-    let (server, url) = Process::server(&args.bin_dir, database_url, args.bcrypt_cost).await?;
+    let (server, url) = start_server(&args.bin_dir, database_url, args.bcrypt_cost).await?;
     let pool = sqlx::PgPool::connect(database_url).await?;
     let window = Duration::from_secs_f64(args.duration_secs);
     let tag = id.replace('_', "-");
@@ -199,7 +203,7 @@ async fn bench(
         let mut r = Run::default();
         let prefix = format!("bench.{tag}.{run}.");
         // The relay runs during the server's loads, as it does in service.
-        let mut relay = Process::relay(&args.bin_dir, database_url, &args.kafka, &prefix)?;
+        let mut relay = relay::start_relay(&args.bin_dir, database_url, &args.kafka, &prefix)?;
 
         r.bcrypt_rate = raw_bcrypt_rate(
             args.bcrypt_cost,
@@ -341,6 +345,31 @@ async fn bench(
     ))
 }
 
+/// Starts `realchat-auth` from `bin_dir` on free loopback ports with its
+/// own database and bcrypt cost, and waits until `/readyz` says ready.
+/// Returns the process and its gRPC URL.
+async fn start_server(
+    bin_dir: &Path,
+    database_url: &str,
+    bcrypt_cost: u32,
+) -> anyhow::Result<(Process, String)> {
+    let grpc_addr = free_port()?;
+    let http_addr = free_port()?;
+    let mut command = command(bin_dir.join("realchat-auth"));
+    command
+        .env("DATABASE_URL", database_url)
+        .env("AUTH_GRPC_ADDR", grpc_addr.to_string())
+        .env("AUTH_HTTP_ADDR", http_addr.to_string())
+        .env("AUTH_BCRYPT_COST", bcrypt_cost.to_string())
+        // Warnings and errors only, echoed to stderr, apart from the table.
+        .env("RUST_LOG", "warn");
+    let mut server = Process::start("realchat-auth", command, true)
+        .context("build it first: see scripts/bench.sh")?
+        .with_http_addr(http_addr);
+    server.wait_ready(READY_TIMEOUT).await?;
+    Ok((server, format!("http://{grpc_addr}")))
+}
+
 async fn login_clients(url: &str, users: &[String]) -> anyhow::Result<Vec<LoginClient>> {
     futures::future::try_join_all(users.iter().map(|u| LoginClient::new(url, u.clone()))).await
 }
@@ -404,8 +433,11 @@ async fn commit_to_kafka(
     email_prefix: &str,
     rate: f64,
 ) -> anyhow::Result<report::LatencyFigures> {
-    relay.wait_ready().await?;
-    let consumer = relay::consumer(&args.kafka, topic, partitions(&args.kafka, topic)?)?;
+    relay.wait_ready(READY_TIMEOUT).await?;
+    let consumer = broker::new_consumer(&args.kafka, true)?;
+    let partitions = broker::partitions(&consumer, topic)
+        .with_context(|| format!("topic {topic} has no partitions"))?;
+    broker::read_from_beginning(&consumer, topic, partitions)?;
     // Warm-up: the first event pays for metadata and connections.
     let warm = format!("{email_prefix}-warm");
     load::register_users(url, &[format!("{warm}@bench.example")], 1).await?;
@@ -449,28 +481,4 @@ async fn commit_to_kafka(
         &latencies,
         args.latency_secs,
     ))
-}
-
-/// Partitions of `topic`, from the broker's metadata.
-fn partitions(kafka: &str, topic: &str) -> anyhow::Result<i32> {
-    let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", kafka)
-        .create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let n = metadata
-        .topics()
-        .first()
-        .map_or(0, |t| t.partitions().len());
-    anyhow::ensure!(n > 0, "topic {topic} has no partitions");
-    Ok(i32::try_from(n)?)
-}
-
-/// `url` with its database name replaced by `database`.
-fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, format!("?{query}")),
-        None => (url, String::new()),
-    };
-    let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
-    format!("{base}/{database}{query}")
 }

@@ -7,36 +7,43 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use chrono::{DateTime, Utc};
-use clap::Parser as _;
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
-use rdkafka::consumer::{Consumer as _, StreamConsumer};
+use rdkafka::Message as _;
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::FutureRecord;
-use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 use realchat_relay::RelayConfig;
+use realchat_testkit::broker::relay_config_on;
+use realchat_testkit::process::{Process, free_port, relay_command};
 use sqlx::PgPool;
 use tokio::time::Instant;
 
-use crate::procs::Process;
 use crate::stats::Latencies;
 
-/// The relay's settings as its binary would read them with no environment:
-/// the defaults, this database and broker, and `topic_prefix`.
-pub fn relay_config(
+/// Starts `realchat-relay` from `bin_dir` on `database_url`, publishing
+/// user events to `<topic_prefix>user`, its log lines (warnings and errors)
+/// echoed to stderr. Does not wait for readiness: the drain measurement
+/// counts the relay's start-up.
+pub fn start_relay(
+    bin_dir: &Path,
     database_url: &str,
     kafka: &str,
     topic_prefix: &str,
-) -> anyhow::Result<RelayConfig> {
-    Ok(RelayConfig::try_parse_from([
-        "realchat-relay",
-        "--database-url",
+) -> anyhow::Result<Process> {
+    let http_addr = free_port()?;
+    let mut command = relay_command(
+        &bin_dir.join("realchat-relay"),
         database_url,
-        "--kafka-bootstrap-servers",
         kafka,
-        "--topic-prefix",
         topic_prefix,
-    ])?)
+    );
+    command
+        .env("RELAY_METRICS_ADDR", http_addr.to_string())
+        .env("RUST_LOG", "warn");
+    Ok(Process::start("realchat-relay", command, true)
+        .context("build it first: see scripts/bench.sh")?
+        .with_http_addr(http_addr))
 }
 
 /// One outbox row as the relay sends it.
@@ -96,7 +103,7 @@ pub async fn drain(
     let started: DateTime<Utc> = sqlx::query_scalar("SELECT clock_timestamp()")
         .fetch_one(pool)
         .await?;
-    let relay = Process::relay(bin_dir, database_url, kafka, topic_prefix)?;
+    let relay = start_relay(bin_dir, database_url, kafka, topic_prefix)?;
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         // Whether any row is left, not how many: counting them every 50 ms
@@ -131,9 +138,15 @@ pub async fn drain(
     if sent.len() as i64 != rows {
         bail!("expected {rows} drained rows, found {}", sent.len());
     }
-    let config = relay_config(database_url, kafka, &format!("{topic_prefix}raw."))?;
-    let topic = config.topic_for("user");
-    realchat_relay::kafka::ensure_topic(&config, &topic).await?;
+    // The relay's producer settings (the poll interval plays no part here).
+    let config = relay_config_on(
+        kafka,
+        database_url,
+        &format!("{topic_prefix}raw."),
+        Duration::from_secs(1),
+    );
+    let topic = config.kafka.topic_for("user");
+    realchat_relay::publisher::ensure_topic(&config.kafka, &topic).await?;
     let raw_secs = produce_raw(&config, &topic, &sent).await?;
     Ok(Drain {
         relay_rate: rows as f64 / relay_secs,
@@ -147,13 +160,13 @@ pub async fn drain(
 /// seconds from creating the producer to the last acknowledgement.
 async fn produce_raw(config: &RelayConfig, topic: &str, rows: &[Row]) -> anyhow::Result<f64> {
     let started = Instant::now();
-    let producer = realchat_relay::kafka::producer(config)?;
+    let producer = realchat_relay::publisher::producer(&config.kafka)?;
     let mut pending = FuturesUnordered::new();
     for row in rows {
-        let headers = realchat_relay::kafka::cloudevents_headers(
+        let headers = realchat_relay::publisher::cloudevents_headers(
             &row.id,
             "UserRegistered",
-            &config.ce_source,
+            &config.kafka.ce_source,
             &row.created_at,
         );
         let mut record = FutureRecord::to(topic)
@@ -198,27 +211,6 @@ fn check(
 
 fn seconds_between(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
     (to - from).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6
-}
-
-/// A consumer of every partition of `topic` from the beginning, tuned to
-/// hand over a record as soon as the broker has it (`fetch.wait.max.ms=5`:
-/// a broker that does not wake long polls on new data adds at most that).
-pub fn consumer(kafka: &str, topic: &str, partitions: i32) -> anyhow::Result<StreamConsumer> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", kafka)
-        .set(
-            "group.id",
-            format!("realchat-bench-{}", uuid::Uuid::new_v4()),
-        )
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "5")
-        .create()?;
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..partitions {
-        assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
-    }
-    consumer.assign(&assignment)?;
-    Ok(consumer)
 }
 
 /// Reads `consumer` until `expected` events whose email starts with

@@ -15,10 +15,10 @@ mod password;
 
 pub use email::{Email, EmailError, MAX_EMAIL_BYTES};
 pub use event::UserRegistered;
-pub use realchat_auth_verifier::{SessionId, TokenId, UserId};
 pub use password::{
     MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS, NewPassword, PasswordAttempt, PasswordError,
 };
+pub use realchat_auth_verifier::{SessionId, TokenId, UserId};
 
 use unicode_normalization::UnicodeNormalization;
 

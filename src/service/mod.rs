@@ -50,8 +50,7 @@ impl AuthService {
             pool,
             hasher,
             tokens,
-            reuse_grace: chrono::Duration::from_std(reuse_grace)
-                .unwrap_or(chrono::Duration::MAX),
+            reuse_grace: chrono::Duration::from_std(reuse_grace).unwrap_or(chrono::Duration::MAX),
         }
     }
 }

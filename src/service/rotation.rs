@@ -97,7 +97,10 @@ mod tests {
     fn the_current_token_rotates() {
         let s = session();
         let claims = presenting(&s, s.current_jti);
-        assert_eq!(decide(Some(s.clone()), &claims, now(), GRACE), Decision::Rotate(s));
+        assert_eq!(
+            decide(Some(s.clone()), &claims, now(), GRACE),
+            Decision::Rotate(s)
+        );
     }
 
     #[test]

@@ -16,8 +16,8 @@ use std::time::Duration;
 use sqlx::{PgConnection, PgPool};
 
 use super::ServiceError;
-use crate::store::throttle::{self as counts, Count, Counts};
 use crate::store::StoreError;
+use crate::store::throttle::{self as counts, Count, Counts};
 
 /// Limits and window of the throttle.
 #[derive(Debug, Clone, Copy)]

@@ -4,7 +4,6 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use std::time::Duration;
 
-
 use super::StoreError;
 use crate::domain::{SessionId, TokenId, UserId};
 

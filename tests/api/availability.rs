@@ -7,8 +7,10 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
 use crate::expect_code;
-use crate::helpers::{DbProxy, TestApp, create_database, eventually, test_config};
-use crate::processes::http_get;
+use realchat_testkit::app::{TestApp, test_config};
+use realchat_testkit::db::{DbProxy, create_database};
+use realchat_testkit::http::http_get;
+use realchat_testkit::wait::eventually;
 
 fn register(email: &str) -> RegisterRequest {
     RegisterRequest {
@@ -50,7 +52,7 @@ async fn database_down_is_unavailable_and_recovers() {
     let database_url = create_database().await;
     let mut proxy = DbProxy::start().await;
     let mut config = test_config(&proxy.route(&database_url));
-    config.db_acquire_timeout_secs = 1;
+    config.database.acquire_timeout = Duration::from_secs(1);
     let app = TestApp::start(config, database_url).await;
     let mut client = app.client.clone();
     client.register(register("up@example.com")).await.unwrap();
@@ -146,7 +148,7 @@ async fn reflection_lists_the_services() {
 
 #[tokio::test]
 async fn readyz_needs_the_migrations_applied() {
-    let app = TestApp::spawn_with(|c| c.migrate_on_start = false).await;
+    let app = TestApp::spawn_with(|c| c.database.migrate_on_start = false).await;
     let addr = app.http_addr.to_string();
     assert_eq!(http_get(&addr, "/healthz").await.0, 200);
     assert_eq!(

@@ -11,7 +11,9 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 use unicode_normalization::UnicodeNormalization as _;
 
-use crate::helpers::{TestApp, write_key_file};
+use realchat_testkit::app::TestApp;
+use realchat_testkit::jwt::{b64, b64_json, parts};
+use realchat_testkit::keys::write_key_file;
 
 /// One request of the table.
 #[derive(Clone)]
@@ -51,25 +53,11 @@ struct Tokens {
     bad: Vec<(String, String)>,
 }
 
-fn b64(bytes: &[u8]) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-fn payload(token: &str) -> serde_json::Value {
-    use base64::Engine as _;
-    let part = token.split('.').nth(1).unwrap();
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(part)
-        .unwrap();
-    serde_json::from_slice(&bytes).unwrap()
-}
-
 /// Forged, truncated, re-signed, expired, not-yet-valid, wrong-typ,
 /// wrong-aud, alg-none and unknown-kid variants of a real refresh token,
 /// signed where it matters with the server's own key.
 fn bad_tokens(refresh: &str, access: &str, kid: &str, our_key: &[u8]) -> Tokens {
-    let claims = payload(refresh);
+    let claims = parts(refresh).1;
     let now = chrono::Utc::now().timestamp();
     let ours = EncodingKey::from_ed_der(our_key);
     let rng = ring::rand::SystemRandom::new();
@@ -227,7 +215,7 @@ fn bad_tokens(refresh: &str, access: &str, kid: &str, our_key: &[u8]) -> Tokens 
     let alg_none = format!(
         "{}.{}.",
         b64(br#"{"alg":"none","typ":"rt+jwt"}"#),
-        b64(&serde_json::to_vec(&claims).unwrap())
+        b64_json(&claims)
     );
     let mut changed = claims.clone();
     changed["exp"] = (now + 10 * 365 * 86_400).into();
@@ -246,10 +234,7 @@ fn bad_tokens(refresh: &str, access: &str, kid: &str, our_key: &[u8]) -> Tokens 
         ),
         (
             "changed payload".into(),
-            format!(
-                "{header}.{}.{sig}",
-                b64(&serde_json::to_vec(&changed).unwrap())
-            ),
+            format!("{header}.{}.{sig}", b64_json(&changed)),
         ),
         (
             "no signature".into(),
@@ -539,9 +524,9 @@ fn cases(tokens: &Tokens) -> Vec<Case> {
 async fn hundreds_of_hostile_requests_get_their_status_and_never_internal() {
     let (key_file, der) = write_key_file();
     let app = TestApp::spawn_with(|c| {
-        c.signing_key_file = Some(key_file.clone());
-        c.login_max_failures_per_client = 100_000;
-        c.login_max_failures_per_account = 100_000;
+        c.tokens.signing_key_file = Some(key_file.clone());
+        c.throttle.login_max_failures_per_client = 100_000;
+        c.throttle.login_max_failures_per_account = 100_000;
     })
     .await;
     app.register("newbie@example.com", "newbie's password")

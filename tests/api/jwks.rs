@@ -5,29 +5,19 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use realchat_auth::proto::RefreshRequest;
 use realchat_auth_verifier::Verifier;
 
-use crate::helpers::{TestApp, write_key_file};
-use crate::processes::http_get_with_headers;
-
-/// The JSON of a JWT's header and payload.
-fn parts(token: &str) -> (serde_json::Value, serde_json::Value) {
-    use base64::Engine as _;
-    let mut it = token.split('.').map(|part| {
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(part)
-            .unwrap();
-        serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()
-    });
-    (it.next().unwrap(), it.next().unwrap())
-}
+use realchat_testkit::app::TestApp;
+use realchat_testkit::http::http_get_with_headers;
+use realchat_testkit::jwt::parts;
+use realchat_testkit::keys::write_key_file;
 
 #[tokio::test]
 async fn downstream_services_verify_access_tokens_with_the_jwks() {
     let (active, _) = write_key_file();
     let (previous, previous_der) = write_key_file();
     let app = TestApp::spawn_with(|c| {
-        c.signing_key_file = Some(active.clone());
+        c.tokens.signing_key_file = Some(active.clone());
         // Spaces and empty entries in the list are ignored.
-        c.verification_key_files = Some(format!(" {}, ,", previous.display()));
+        c.tokens.verification_key_files = Some(format!(" {}, ,", previous.display()));
     })
     .await;
     let user_id = app.register("dana@example.com", "dana's password").await;
@@ -53,7 +43,7 @@ async fn downstream_services_verify_access_tokens_with_the_jwks() {
 
     let verifier = Verifier::from_jwks(&jwks, "realchat-auth", "realchat").unwrap();
     let claims = verifier.verify(&login.access_token).unwrap();
-    assert_eq!(claims.sub, user_id.to_string());
+    assert_eq!(claims.sub.to_string(), user_id.to_string());
     assert!(
         verifier.verify(&login.refresh_token).is_err(),
         "a refresh token is no access token"
@@ -75,7 +65,7 @@ async fn downstream_services_verify_access_tokens_with_the_jwks() {
     };
     let old_access = sign_with_previous("at+jwt", &parts(&login.access_token).1);
     assert_eq!(
-        verifier.verify(&old_access).unwrap().sub,
+        verifier.verify(&old_access).unwrap().sub.to_string(),
         user_id.to_string()
     );
     let old_refresh = sign_with_previous("rt+jwt", &parts(&login.refresh_token).1);
@@ -110,7 +100,7 @@ async fn an_es256_key_signs_and_verifies_under_its_own_algorithm_only() {
         pem::encode(&pem::Pem::new("PRIVATE KEY", der.as_ref().to_vec())),
     )
     .unwrap();
-    let app = TestApp::spawn_with(|c| c.signing_key_file = Some(key_file.clone())).await;
+    let app = TestApp::spawn_with(|c| c.tokens.signing_key_file = Some(key_file.clone())).await;
     let user_id = app.register("eve@example.com", "eve's password").await;
     let login = app.login("eve@example.com", "eve's password").await;
     let (header, _) = parts(&login.access_token);
@@ -130,7 +120,11 @@ async fn an_es256_key_signs_and_verifies_under_its_own_algorithm_only() {
     );
     let verifier = Verifier::from_jwks(&jwks, "realchat-auth", "realchat").unwrap();
     assert_eq!(
-        verifier.verify(&login.access_token).unwrap().sub,
+        verifier
+            .verify(&login.access_token)
+            .unwrap()
+            .sub
+            .to_string(),
         user_id.to_string()
     );
 

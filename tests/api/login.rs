@@ -2,7 +2,8 @@ use realchat_auth::proto::LoginRequest;
 use tonic::Code;
 
 use crate::expect_code;
-use crate::helpers::TestApp;
+use realchat_testkit::app::{TestApp, test_config};
+use realchat_testkit::db::create_database;
 
 fn request(email: &str, password: &str) -> LoginRequest {
     LoginRequest {
@@ -97,21 +98,16 @@ async fn a_bug_is_internal_with_no_details() {
 
 #[tokio::test]
 async fn login_rehashes_a_password_stored_at_a_lower_cost() {
-    let database_url = crate::helpers::create_database().await;
-    let config = crate::helpers::test_config(&database_url);
+    let database_url = create_database().await;
+    let config = test_config(&database_url);
     let app = TestApp::start(config.clone(), database_url.clone()).await;
     app.register("gus@example.com", "gus's password").await;
     app.stop().await;
 
     // The operator raises the cost (tests run at 4).
-    let app = TestApp::start(
-        realchat_auth::config::Config {
-            bcrypt_cost: 5,
-            ..config
-        },
-        database_url,
-    )
-    .await;
+    let mut config = config;
+    config.passwords.bcrypt_cost = 5;
+    let app = TestApp::start(config, database_url).await;
     let stored = || async {
         sqlx::query_scalar::<_, String>("SELECT password_hash FROM users")
             .fetch_one(&app.pool)

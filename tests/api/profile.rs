@@ -8,8 +8,10 @@ use sqlx::PgPool;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, bootstrap_servers, create_database, eventually};
-use crate::relay::relay_config;
+use realchat_testkit::app::TestApp;
+use realchat_testkit::broker::{bootstrap_servers, relay_config};
+use realchat_testkit::db::create_database;
+use realchat_testkit::wait::eventually;
 
 /// Runs the consumer in `group` until the returned sender fires.
 fn consume(

@@ -1,8 +1,8 @@
 use realchat_auth::proto::RegisterRequest;
 use tonic::Code;
 
-use crate::helpers::TestApp;
 use crate::{expect_code, violated_fields};
+use realchat_testkit::app::TestApp;
 
 fn request(email: &str, password: &str) -> RegisterRequest {
     RegisterRequest {

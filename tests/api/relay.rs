@@ -1,70 +1,12 @@
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
 use rdkafka::Message as _;
-use rdkafka::Offset;
-use rdkafka::TopicPartitionList;
-use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::message::Headers as _;
-use realchat_relay::RelayConfig;
+use realchat_testkit::app::{TestApp, test_config};
+use realchat_testkit::broker::{bootstrap_servers, consumer, relay_config, relay_config_on};
+use realchat_testkit::db::create_database;
 use tokio::sync::oneshot;
 use uuid::Uuid;
-
-use crate::helpers::{TestApp, bootstrap_servers, create_database, eventually, test_config};
-
-pub fn relay_config(database_url: &str, topic_prefix: &str) -> RelayConfig {
-    let mut config = <RelayConfig as clap::Parser>::parse_from(["realchat-relay"]);
-    config.database_url = database_url.to_owned();
-    config.kafka_bootstrap_servers = bootstrap_servers();
-    config.topic_prefix = topic_prefix.to_owned();
-    config.poll_interval_ms = 200;
-    // In-process relays share the test process: no metrics server each.
-    config.metrics_addr = None;
-    config
-}
-
-/// A consumer reading every partition of `topic` from the beginning, once the
-/// relay has created it.
-pub async fn consumer(topic: &str) -> StreamConsumer {
-    consumer_on(&bootstrap_servers(), topic).await
-}
-
-/// [`consumer`] on the broker at `bootstrap`.
-pub async fn consumer_on(bootstrap: &str, topic: &str) -> StreamConsumer {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("test-{}", Uuid::new_v4()))
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let partitions = eventually(
-        Duration::from_secs(30),
-        "the relay to create the topic",
-        || {
-            let found = consumer
-                .fetch_metadata(Some(topic), Duration::from_secs(5))
-                .ok()
-                .and_then(|m| {
-                    m.topics()
-                        .iter()
-                        .find(|t| t.name() == topic && t.error().is_none())
-                        .map(|t| t.partitions().len() as i32)
-                })
-                .filter(|n| *n > 0);
-            async move { found }
-        },
-    )
-    .await;
-    assert_eq!(partitions, 3, "relay creates its topics with 3 partitions");
-    let mut assignment = TopicPartitionList::new();
-    for p in 0..partitions {
-        assignment
-            .add_partition_offset(topic, p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&assignment).unwrap();
-    consumer
-}
 
 #[tokio::test]
 async fn registered_user_reaches_kafka_with_key_and_cloudevents_headers() {
@@ -127,8 +69,12 @@ async fn an_idle_relay_wakes_on_notify_and_publishes_every_registration() {
     let topic = format!("{prefix}user");
     // A poll interval far beyond the test's deadlines: only NOTIFY can wake
     // the relay in time.
-    let mut config = relay_config(&app.database_url, &prefix);
-    config.poll_interval_ms = 600_000;
+    let config = relay_config_on(
+        &bootstrap_servers(),
+        &app.database_url,
+        &prefix,
+        Duration::from_secs(600),
+    );
     let (stop_relay, relay_stopped) = oneshot::channel::<()>();
     let relay = tokio::spawn(realchat_relay::run(config, async {
         let _ = relay_stopped.await;
@@ -161,42 +107,6 @@ async fn an_idle_relay_wakes_on_notify_and_publishes_every_registration() {
     relay.await.unwrap().expect("relay exits cleanly");
     assert_eq!(app.unpublished().await, 0);
     app.stop().await;
-}
-
-/// One consumed event: its key, `ce_id` header and JSON payload.
-#[derive(Debug, Clone)]
-pub struct Event {
-    pub key: String,
-    pub ce_id: Uuid,
-    pub payload: serde_json::Value,
-}
-
-/// Consumes until `done` holds for what was received, or panics after
-/// `within` (a deadline for the condition, not a sleep).
-pub async fn collect(
-    consumer: &StreamConsumer,
-    within: Duration,
-    done: impl Fn(&[Event]) -> bool,
-) -> Vec<Event> {
-    let deadline = tokio::time::Instant::now() + within;
-    let mut events = Vec::new();
-    while !done(&events) {
-        let message = tokio::time::timeout_at(deadline, consumer.recv())
-            .await
-            .unwrap_or_else(|_| panic!("timed out after {within:?} with {} events", events.len()))
-            .expect("a message");
-        let ce_id = message
-            .headers()
-            .and_then(|h| h.iter().find(|h| h.key == "ce_id").and_then(|h| h.value))
-            .map(|v| std::str::from_utf8(v).unwrap().parse().unwrap())
-            .expect("ce_id header");
-        events.push(Event {
-            key: String::from_utf8(message.key().unwrap().to_vec()).unwrap(),
-            ce_id,
-            payload: serde_json::from_slice(message.payload().unwrap()).unwrap(),
-        });
-    }
-    events
 }
 
 /// A claim reads its batch and no more, however large the backlog, even

@@ -8,9 +8,12 @@ use std::time::Duration;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, bootstrap_servers, eventually};
-use crate::processes::{Broker, RelayProcess, http_get, insert_events, metric};
-use crate::relay::{Event, collect, consumer, consumer_on};
+use realchat_testkit::app::TestApp;
+use realchat_testkit::broker::{Broker, Event, bootstrap_servers, collect, consumer, consumer_on};
+use realchat_testkit::http::{http_get, metric};
+use realchat_testkit::outbox::insert_events;
+use realchat_testkit::process::{Process, Signal};
+use realchat_testkit::wait::eventually;
 
 fn prefix() -> String {
     format!("rc-test-{}.", Uuid::new_v4().simple())
@@ -86,7 +89,7 @@ async fn broker_down_rows_wait_unmarked_and_all_arrive_when_it_returns() {
     let app = TestApp::spawn().await;
     let prefix = prefix();
     let topic = format!("{prefix}user");
-    let relay = RelayProcess::start(&app.database_url, &broker.bootstrap(), &prefix, &[]);
+    let relay = Process::relay(&app.database_url, &broker.bootstrap(), &prefix, &[]);
     let first = app.register("before@example.com", "a good password").await;
     app.wait_all_published(Duration::from_secs(30)).await;
 
@@ -128,7 +131,7 @@ async fn a_row_committed_after_later_rows_is_still_published() {
     let app = TestApp::spawn().await;
     let prefix = prefix();
     let topic = format!("{prefix}user");
-    let relay = RelayProcess::start(&app.database_url, &bootstrap_servers(), &prefix, &[]);
+    let relay = Process::relay(&app.database_url, &bootstrap_servers(), &prefix, &[]);
 
     // A transaction takes the lower seq and stays open ...
     let mut late = app.pool.begin().await.unwrap();
@@ -173,7 +176,7 @@ async fn sigkill_mid_batch_then_restart_loses_nothing_and_keeps_per_key_order() 
     let total = 20_000;
     let ids = insert_events(&app.pool, 10, total).await;
     let env = [("RELAY_BATCH_SIZE", "1000")];
-    let relay = RelayProcess::start(&app.database_url, &bootstrap_servers(), &prefix, &env);
+    let relay = Process::relay(&app.database_url, &bootstrap_servers(), &prefix, &env);
     let watcher = consumer_on(&bootstrap_servers(), &topic).await;
     // Freeze the relay (SIGSTOP) until it is caught with acknowledged rows
     // not yet marked: more messages on the topic than rows marked. Killed
@@ -182,7 +185,7 @@ async fn sigkill_mid_batch_then_restart_loses_nothing_and_keeps_per_key_order() 
         Duration::from_secs(60),
         "the relay frozen between acknowledgement and mark",
         || {
-            relay.signal("-STOP");
+            relay.signal(Signal::SIGSTOP);
             let on_topic = messages_on(&watcher, &topic);
             let (app, relay) = (&app, &relay);
             async move {
@@ -191,7 +194,7 @@ async fn sigkill_mid_batch_then_restart_loses_nothing_and_keeps_per_key_order() 
                 if on_topic > marked {
                     Some(on_topic)
                 } else {
-                    relay.signal("-CONT");
+                    relay.signal(Signal::SIGCONT);
                     None
                 }
             }
@@ -202,7 +205,7 @@ async fn sigkill_mid_batch_then_restart_loses_nothing_and_keeps_per_key_order() 
     let unmarked_acked = on_topic - settled_marked(&app, total).await;
     assert!(unmarked_acked > 0, "caught with acknowledged rows unmarked");
 
-    let relay = RelayProcess::start(&app.database_url, &bootstrap_servers(), &prefix, &env);
+    let relay = Process::relay(&app.database_url, &bootstrap_servers(), &prefix, &env);
     app.wait_all_published(Duration::from_secs(120)).await;
     let consumer = consumer_on(&bootstrap_servers(), &topic).await;
     let wanted: HashSet<Uuid> = ids.into_iter().collect();
@@ -227,11 +230,11 @@ async fn the_standby_takes_over_when_the_active_relay_is_killed() {
     let prefix = prefix();
     let topic = format!("{prefix}user");
     // Each test has its own database, hence its own advisory-lock namespace.
-    let active = RelayProcess::start(&app.database_url, &bootstrap_servers(), &prefix, &[]);
+    let active = Process::relay(&app.database_url, &bootstrap_servers(), &prefix, &[]);
     active
         .wait_log("holding the relay lock", Duration::from_secs(30))
         .await;
-    let standby = RelayProcess::start(&app.database_url, &bootstrap_servers(), &prefix, &[]);
+    let standby = Process::relay(&app.database_url, &bootstrap_servers(), &prefix, &[]);
     standby
         .wait_log("standing by", Duration::from_secs(30))
         .await;
@@ -283,7 +286,7 @@ async fn retention_deletes_old_published_rows_and_never_unpublished_ones() {
     age(recent, Some("6 days")).await;
     age(pending, None).await;
 
-    let relay = RelayProcess::start(&app.database_url, &bootstrap_servers(), &prefix(), &[]);
+    let relay = Process::relay(&app.database_url, &bootstrap_servers(), &prefix(), &[]);
     let pool = app.pool.clone();
     eventually(
         Duration::from_secs(30),
@@ -319,7 +322,7 @@ async fn sigterm_flushes_and_marks_what_is_in_flight() {
     let prefix = prefix();
     let topic = format!("{prefix}user");
     insert_events(&app.pool, 10, 5000).await;
-    let relay = RelayProcess::start(
+    let relay = Process::relay(
         &app.database_url,
         &bootstrap_servers(),
         &prefix,
@@ -354,7 +357,7 @@ async fn ten_thousand_rows_reach_the_topic_exactly_once() {
     let prefix = prefix();
     let topic = format!("{prefix}user");
     let ids = insert_events(&app.pool, 100, 10_000).await;
-    let relay = RelayProcess::start(&app.database_url, &bootstrap_servers(), &prefix, &[]);
+    let relay = Process::relay(&app.database_url, &bootstrap_servers(), &prefix, &[]);
     app.wait_all_published(Duration::from_secs(180)).await;
     let consumer = consumer(&topic).await;
     let events = collect(&consumer, Duration::from_secs(120), |events| {
@@ -373,11 +376,11 @@ async fn metrics_and_health_show_roles_progress_and_a_lost_broker() {
     let mut broker = Broker::start().await;
     let app = TestApp::spawn().await;
     let prefix = prefix();
-    let active = RelayProcess::start(&app.database_url, &broker.bootstrap(), &prefix, &[]);
+    let active = Process::relay(&app.database_url, &broker.bootstrap(), &prefix, &[]);
     active
         .wait_log("holding the relay lock", Duration::from_secs(30))
         .await;
-    let standby = RelayProcess::start(&app.database_url, &broker.bootstrap(), &prefix, &[]);
+    let standby = Process::relay(&app.database_url, &broker.bootstrap(), &prefix, &[]);
     standby
         .wait_log("standing by", Duration::from_secs(30))
         .await;

@@ -9,8 +9,9 @@ use realchat_auth::proto::{
     LoginRequest, LogoutRequest, RefreshRequest, RegisterRequest, RegisterResponse,
 };
 
-use crate::helpers::create_database;
-use crate::processes::{Process, command, http_get, metric};
+use realchat_testkit::db::create_database;
+use realchat_testkit::http::{http_get, metric};
+use realchat_testkit::process::{Process, Signal, command, relay_bin};
 
 fn server(database_url: &str, env: &[(&str, &str)]) -> Process {
     let mut command = command(env!("CARGO_BIN_EXE_realchat-auth"));
@@ -20,10 +21,8 @@ fn server(database_url: &str, env: &[(&str, &str)]) -> Process {
         .env("AUTH_HTTP_ADDR", "127.0.0.1:0")
         .env("AUTH_LOG_FORMAT", "json")
         // Everything, every library: no log line of any level may hold a secret.
-        .env("RUST_LOG", "debug");
-    for (k, v) in env {
-        command.env(k, v);
-    }
+        .env("RUST_LOG", "debug")
+        .envs(env.iter().copied());
     Process::spawn(command)
 }
 
@@ -54,7 +53,7 @@ async fn register_then_sigterm(
     server
         .wait_log_after(before, "request started", Duration::from_secs(10))
         .await;
-    server.signal("-TERM");
+    server.signal(Signal::SIGTERM);
     in_flight
 }
 
@@ -287,7 +286,7 @@ async fn a_bad_setting_stops_each_binary_at_start_naming_its_variable() {
             "AUTH_BCRYPT_QUEUE",
             "99999999999",
         ),
-        (crate::processes::relay_bin(), "RELAY_BATCH_SIZE", "0"),
+        (relay_bin(), "RELAY_BATCH_SIZE", "0"),
     ] {
         let mut command = command(&bin);
         command.env(variable, value);

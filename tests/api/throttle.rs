@@ -11,7 +11,9 @@ use tonic::{Code, Request};
 use tonic_types::StatusExt as _;
 
 use crate::expect_code;
-use crate::helpers::{TestApp, create_database, eventually, test_config};
+use realchat_testkit::app::{TestApp, test_config};
+use realchat_testkit::db::create_database;
+use realchat_testkit::wait::eventually;
 
 async fn login(
     client: &mut AuthApiClient<Channel>,
@@ -47,7 +49,7 @@ fn throttled(result: Result<(), tonic::Status>) -> Duration {
 async fn an_account_is_blocked_after_failures_and_a_success_resets_it() {
     let database_url = create_database().await;
     let mut config = test_config(&database_url);
-    config.login_max_failures_per_account = 3;
+    config.throttle.login_max_failures_per_account = 3;
     let app = TestApp::start(config.clone(), database_url.clone()).await;
     let mut client = app.client.clone();
     app.register("ivy@example.com", "ivy's password").await;
@@ -103,8 +105,8 @@ async fn an_account_is_blocked_after_failures_and_a_success_resets_it() {
 #[tokio::test]
 async fn a_client_is_blocked_across_accounts_by_its_forwarded_address() {
     let app = TestApp::spawn_with(|c| {
-        c.login_max_failures_per_client = 3;
-        c.client_ip_header = Some("x-forwarded-for".into());
+        c.throttle.login_max_failures_per_client = 3;
+        c.throttle.client_ip_header = Some("x-forwarded-for".into());
     })
     .await;
     let mut client = app.client.clone();
@@ -142,8 +144,8 @@ async fn a_client_is_blocked_across_accounts_by_its_forwarded_address() {
 #[tokio::test]
 async fn a_block_ends_with_its_window() {
     let app = TestApp::spawn_with(|c| {
-        c.login_max_failures_per_account = 2;
-        c.login_failure_window_secs = 1;
+        c.throttle.login_max_failures_per_account = 2;
+        c.throttle.login_failure_window = Duration::from_secs(1);
     })
     .await;
     let mut client = app.client.clone();
@@ -169,7 +171,7 @@ async fn a_block_ends_with_its_window() {
 
 #[tokio::test]
 async fn parallel_guesses_cannot_race_past_the_limit() {
-    let app = TestApp::spawn_with(|c| c.login_max_failures_per_account = 5).await;
+    let app = TestApp::spawn_with(|c| c.throttle.login_max_failures_per_account = 5).await;
     app.register("lee@example.com", "lee's password").await;
     let mut calls = Vec::new();
     for i in 0..20 {
@@ -200,11 +202,11 @@ async fn a_full_bcrypt_queue_refuses_at_once_with_retry_info() {
     // are refused at once rather than waiting.
     let database_url = create_database().await;
     let mut config = test_config(&database_url);
-    config.bcrypt_cost = 10;
-    config.bcrypt_threads = 1;
-    config.bcrypt_queue = 0;
+    config.passwords.bcrypt_cost = 10;
+    config.passwords.bcrypt_threads = 1;
+    config.passwords.bcrypt_queue = 0;
     // Every attempt is counted while in flight: leave room for all eight.
-    config.login_max_failures_per_account = 10;
+    config.throttle.login_max_failures_per_account = 10;
     let app = TestApp::start(config, database_url.clone()).await;
     app.register("uma@example.com", "uma's password").await;
     let calls = (0..8).map(|_| {
@@ -256,8 +258,8 @@ async fn concurrent_logins_of_one_account_and_client_never_fail_internally() {
     // Each login counts an attempt (account and client rows) and a success
     // takes it back; rows locked in different orders deadlocked (INTERNAL).
     let app = TestApp::spawn_with(|c| {
-        c.login_max_failures_per_account = 1000;
-        c.login_max_failures_per_client = 1000;
+        c.throttle.login_max_failures_per_account = 1000;
+        c.throttle.login_max_failures_per_client = 1000;
     })
     .await;
     app.register("vic@example.com", "vic's password").await;
@@ -303,8 +305,8 @@ async fn a_burst_of_correct_logins_leaves_nothing_counted() {
     // limit of five, so some are refused while the others are in flight.
     let database_url = create_database().await;
     let mut config = test_config(&database_url);
-    config.bcrypt_cost = 10;
-    config.bcrypt_threads = 1;
+    config.passwords.bcrypt_cost = 10;
+    config.passwords.bcrypt_threads = 1;
     let app = TestApp::start(config, database_url.clone()).await;
     app.register("wes@example.com", "wes's password").await;
     let calls = (0..8).map(|_| {
@@ -341,8 +343,8 @@ async fn a_login_that_times_out_is_not_counted_as_a_failure() {
     // 15 outlasts its 1 s request timeout: the client gets UNAVAILABLE and
     // no password verdict.
     let mut config = test_config(&database_url);
-    config.bcrypt_cost = 15;
-    config.request_timeout_secs = 1;
+    config.passwords.bcrypt_cost = 15;
+    config.listen.request_timeout = Duration::from_secs(1);
     let slow = TestApp::start(config, database_url.clone()).await;
     let result = login(
         &mut slow.client.clone(),

@@ -1,5 +1,3 @@
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use realchat_auth::proto::{LogoutRequest, LogoutScope, RefreshRequest, RefreshResponse};
 use tonic::Code;
@@ -7,7 +5,11 @@ use tonic::Code;
 use crate::expect_code;
 use std::time::Duration;
 
-use crate::helpers::{TestApp, eventually, write_key_file};
+use realchat_testkit::app::{TestApp, test_config};
+use realchat_testkit::db::create_database;
+use realchat_testkit::jwt::{b64_json, parts};
+use realchat_testkit::keys::write_key_file;
+use realchat_testkit::wait::eventually;
 
 async fn refresh(app: &TestApp, token: &str) -> Result<RefreshResponse, tonic::Status> {
     app.client
@@ -36,19 +38,6 @@ async fn logout_scoped(
         })
         .await
         .map(|_| ())
-}
-
-/// The decoded JSON of a JWT's header and payload.
-fn parts(token: &str) -> (serde_json::Value, serde_json::Value) {
-    let mut it = token.split('.');
-    let mut part = || -> serde_json::Value {
-        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(it.next().unwrap()).unwrap()).unwrap()
-    };
-    (part(), part())
-}
-
-fn b64(value: &serde_json::Value) -> String {
-    URL_SAFE_NO_PAD.encode(serde_json::to_vec(value).unwrap())
 }
 
 async fn session(app: &TestApp) -> (uuid::Uuid, String) {
@@ -102,7 +91,7 @@ async fn refresh_rotates_and_within_grace_returns_the_current_token() {
 
 #[tokio::test]
 async fn reuse_after_the_grace_window_revokes_the_whole_session() {
-    let app = TestApp::spawn_with(|c| c.refresh_reuse_grace_secs = 0).await;
+    let app = TestApp::spawn_with(|c| c.sessions.refresh_reuse_grace = Duration::ZERO).await;
     let (_, r0) = session(&app).await;
     let r1 = refresh(&app, &r0).await.unwrap().refresh_token;
     expect_code(refresh(&app, &r0).await, Code::Unauthenticated);
@@ -183,7 +172,7 @@ async fn forged_and_misused_tokens_are_unauthenticated() {
     let alg_none = {
         let mut h = header.clone();
         h["alg"] = "none".into();
-        format!("{}.{}.", b64(&h), b64(&claims))
+        format!("{}.{}.", b64_json(&h), b64_json(&claims))
     };
     let other_key = {
         let rng = ring::rand::SystemRandom::new();
@@ -203,7 +192,7 @@ async fn forged_and_misused_tokens_are_unauthenticated() {
         let mut c = claims.clone();
         c["sub"] = uuid::Uuid::new_v4().to_string().into();
         let sig = refresh_token.rsplit('.').next().unwrap();
-        format!("{}.{}.{sig}", b64(&header), b64(&c))
+        format!("{}.{}.{sig}", b64_json(&header), b64_json(&c))
     };
     let truncated = refresh_token[..refresh_token.len() - 5].to_owned();
     let cases = [
@@ -230,10 +219,10 @@ async fn forged_and_misused_tokens_are_unauthenticated() {
 #[tokio::test]
 async fn a_configured_key_signs_tokens_that_survive_a_restart() {
     let (key_file, _) = write_key_file();
-    let database_url = crate::helpers::create_database().await;
+    let database_url = create_database().await;
     let config = {
-        let mut c = crate::helpers::test_config(&database_url);
-        c.signing_key_file = Some(key_file.clone());
+        let mut c = test_config(&database_url);
+        c.tokens.signing_key_file = Some(key_file.clone());
         c
     };
     let app = TestApp::start(config.clone(), database_url.clone()).await;
@@ -250,7 +239,7 @@ async fn a_configured_key_signs_tokens_that_survive_a_restart() {
 #[tokio::test]
 async fn tokens_signed_with_our_key_but_wrong_claims_are_unauthenticated() {
     let (key_file, der) = write_key_file();
-    let app = TestApp::spawn_with(|c| c.signing_key_file = Some(key_file.clone())).await;
+    let app = TestApp::spawn_with(|c| c.tokens.signing_key_file = Some(key_file.clone())).await;
     let (_, refresh_token) = session(&app).await;
     let (header, claims) = parts(&refresh_token);
     let key = EncodingKey::from_ed_der(&der);
@@ -367,7 +356,8 @@ async fn logout_scopes_end_other_sessions_or_all_of_them() {
 
 #[tokio::test]
 async fn sessions_long_expired_or_revoked_are_purged() {
-    let app = TestApp::spawn_with(|c| c.session_purge_interval_secs = 1).await;
+    let app =
+        TestApp::spawn_with(|c| c.sessions.session_purge_interval = Duration::from_secs(1)).await;
     let (_, live) = session(&app).await;
     let login = || app.login("erin@example.com", "erin's password");
     let (old_expired, old_revoked, just_revoked) = (login().await, login().await, login().await);

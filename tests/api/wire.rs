@@ -6,8 +6,8 @@ use realchat_auth::proto::RegisterRequest;
 use tonic::Code;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
-use crate::helpers::TestApp;
 use crate::{expect_code, violated_fields};
+use realchat_testkit::app::TestApp;
 
 /// Sends its bytes as the message body, unchanged; ignores the response body.
 #[derive(Default)]

@@ -7,9 +7,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::Validation;
 use serde::Deserialize;
 
+use crate::VerifyError;
 use crate::claims::{Claims, TokenKind};
 use crate::keys::{Jwk, VerificationKey};
-use crate::VerifyError;
 
 /// Verifies tokens of one issuer and audience with a set of keys.
 ///
@@ -198,7 +198,10 @@ mod tests {
 
     fn key_pair() -> Keys {
         let rng = ring::rand::SystemRandom::new();
-        let der = Ed25519KeyPair::generate_pkcs8(&rng).unwrap().as_ref().to_vec();
+        let der = Ed25519KeyPair::generate_pkcs8(&rng)
+            .unwrap()
+            .as_ref()
+            .to_vec();
         let pair = Ed25519KeyPair::from_pkcs8(&der).unwrap();
         let public = VerificationKey::ed25519(pair.public_key().as_ref());
         let kid = public.kid().to_owned();
@@ -246,7 +249,11 @@ mod tests {
         let got = keys.verifier.verify(&token).unwrap();
         assert_eq!(serde_json::to_value(&got).unwrap(), c);
         let refresh = sign(&keys, &header(&keys, "rt+jwt"), &c);
-        assert!(keys.verifier.verify_as(TokenKind::Refresh, &refresh).is_ok());
+        assert!(
+            keys.verifier
+                .verify_as(TokenKind::Refresh, &refresh)
+                .is_ok()
+        );
     }
 
     /// Every refusal, each against a token that differs from an accepted
@@ -308,33 +315,66 @@ mod tests {
             ("alg none", alg_none),
             ("alg HS256 under our kid", hs256),
             ("alg ES256 under an Ed25519 kid", p256),
-            ("unknown kid", with_header(&|h| h.kid = Some("no-such-kid".into()))),
+            (
+                "unknown kid",
+                with_header(&|h| h.kid = Some("no-such-kid".into())),
+            ),
             ("no kid", with_header(&|h| h.kid = None)),
             ("another key under our kid", sign(&other, &at, &claims())),
             ("changed payload", changed_payload),
-            ("typ rt+jwt as access", with_header(&|h| h.typ = Some("rt+jwt".into()))),
+            (
+                "typ rt+jwt as access",
+                with_header(&|h| h.typ = Some("rt+jwt".into())),
+            ),
             ("typ JWT", with_header(&|h| h.typ = Some("JWT".into()))),
             ("no typ", with_header(&|h| h.typ = None)),
             ("crit", crit.clone()),
-            ("wrong iss", edited(&|c| c["iss"] = "https://evil.example".into())),
-            ("no iss", edited(&|c| drop(c.as_object_mut().unwrap().remove("iss")))),
+            (
+                "wrong iss",
+                edited(&|c| c["iss"] = "https://evil.example".into()),
+            ),
+            (
+                "no iss",
+                edited(&|c| drop(c.as_object_mut().unwrap().remove("iss"))),
+            ),
             ("wrong aud", edited(&|c| c["aud"] = "billing".into())),
-            ("aud as a list", edited(&|c| c["aud"] = serde_json::json!([AUD, "x"]))),
-            ("no aud", edited(&|c| drop(c.as_object_mut().unwrap().remove("aud")))),
-            ("expired", edited(&|c| {
-                c["iat"] = (now - 7200).into();
-                c["exp"] = (now - 3600).into();
-            })),
-            ("no exp", edited(&|c| drop(c.as_object_mut().unwrap().remove("exp")))),
+            (
+                "aud as a list",
+                edited(&|c| c["aud"] = serde_json::json!([AUD, "x"])),
+            ),
+            (
+                "no aud",
+                edited(&|c| drop(c.as_object_mut().unwrap().remove("aud"))),
+            ),
+            (
+                "expired",
+                edited(&|c| {
+                    c["iat"] = (now - 7200).into();
+                    c["exp"] = (now - 3600).into();
+                }),
+            ),
+            (
+                "no exp",
+                edited(&|c| drop(c.as_object_mut().unwrap().remove("exp"))),
+            ),
             ("nbf ahead", edited(&|c| c["nbf"] = (now + 3600).into())),
-            ("iat beyond the leeway", edited(&|c| c["iat"] = (now + 60).into())),
+            (
+                "iat beyond the leeway",
+                edited(&|c| c["iat"] = (now + 60).into()),
+            ),
             ("iat negative", edited(&|c| c["iat"] = (-1).into())),
-            ("iat after exp", edited(&|c| {
-                c["iat"] = (now - 10).into();
-                // Not yet expired (15 s ago, within the leeway), but issued later.
-                c["exp"] = (now - 15).into();
-            })),
-            ("no iat", edited(&|c| drop(c.as_object_mut().unwrap().remove("iat")))),
+            (
+                "iat after exp",
+                edited(&|c| {
+                    c["iat"] = (now - 10).into();
+                    // Not yet expired (15 s ago, within the leeway), but issued later.
+                    c["exp"] = (now - 15).into();
+                }),
+            ),
+            (
+                "no iat",
+                edited(&|c| drop(c.as_object_mut().unwrap().remove("iat"))),
+            ),
             ("sub not a uuid", edited(&|c| c["sub"] = "alice".into())),
             ("garbage", "not.a.jwt".into()),
         ];
@@ -371,7 +411,10 @@ mod tests {
             r#"{"keys": [{"kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#,
         ] {
             assert!(
-                matches!(Verifier::from_jwks(jwks, ISS, AUD), Err(VerifyError::Jwks(_))),
+                matches!(
+                    Verifier::from_jwks(jwks, ISS, AUD),
+                    Err(VerifyError::Jwks(_))
+                ),
                 "{jwks}"
             );
         }

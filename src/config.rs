@@ -18,7 +18,7 @@ use sqlx::PgPool;
 
 use crate::password::HasherSettings;
 use crate::service::throttle::Limits;
-use crate::store::{self, StoreError};
+use crate::store;
 use crate::token::{SigningKey, TokenService, TokenSettings, verification_key_from_pem_file};
 
 /// Settings of the `realchat-auth` server. Not `Debug`: `DATABASE_URL` may
@@ -100,9 +100,11 @@ impl DatabaseConfig {
     /// most `acquire_timeout`.
     ///
     /// # Errors
-    /// [`StoreError`] when the first connection cannot be made.
-    pub async fn connect(&self, max_connections: u32) -> Result<PgPool, StoreError> {
-        store::connect(&self.url, max_connections, self.acquire_timeout).await
+    /// When the first connection cannot be made (naming `DATABASE_URL`).
+    pub async fn connect(&self, max_connections: u32) -> anyhow::Result<PgPool> {
+        store::connect(&self.url, max_connections, self.acquire_timeout)
+            .await
+            .context("connecting to DATABASE_URL")
     }
 }
 

@@ -43,17 +43,18 @@ pub struct Application {
 /// # Errors
 /// When the database cannot be reached or a migration fails.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    let pool = config
-        .database
-        .connect(1)
-        .await
-        .context("connecting to DATABASE_URL")?;
-    store::MIGRATOR
-        .run(&pool)
-        .await
-        .context("applying database migrations")?;
+    let pool = config.database.connect(1).await?;
+    apply_migrations(&pool).await?;
     pool.close().await;
     Ok(())
+}
+
+/// Applies the migrations of `migrations/` that `pool`'s database lacks.
+async fn apply_migrations(pool: &PgPool) -> anyhow::Result<()> {
+    store::MIGRATOR
+        .run(pool)
+        .await
+        .context("applying database migrations")
 }
 
 impl Application {
@@ -71,13 +72,9 @@ impl Application {
         let pool = config
             .database
             .connect(config.database.max_connections)
-            .await
-            .context("connecting to DATABASE_URL")?;
+            .await?;
         if config.database.migrate_on_start {
-            store::MIGRATOR
-                .run(&pool)
-                .await
-                .context("applying database migrations")?;
+            apply_migrations(&pool).await?;
         }
         let jwks = crate::observe::Jwks {
             document: tokens.jwks().to_string(),

@@ -2,8 +2,12 @@
 //! thin and tests start the whole server in-process.
 //!
 //! Where a request goes: [`grpc`] (proto ⇄ domain, error → status) →
-//! [`service`] (the rules, one transaction per use-case) → [`store`] (SQL).
-//! Passwords are hashed in [`password`], tokens made and checked in [`token`].
+//! [`service`] (the rules, one file per group of use-cases, one transaction
+//! each) → [`store`] (SQL). Passwords are hashed in [`password`]; tokens are
+//! minted in [`token`] and checked by the rules of the verifier crate
+//! (`realchat-auth-verifier`), the one implementation the server and
+//! downstream services share. Start-up every binary shares is in
+//! `realchat-runtime`.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![warn(missing_docs)]
 

@@ -101,8 +101,8 @@ impl DatabaseConfig {
     ///
     /// # Errors
     /// When the first connection cannot be made (naming `DATABASE_URL`).
-    pub async fn connect(&self, max_connections: u32) -> anyhow::Result<PgPool> {
-        store::connect(&self.url, max_connections, self.acquire_timeout)
+    pub async fn connect(&self) -> anyhow::Result<PgPool> {
+        store::connect(&self.url, self.max_connections, self.acquire_timeout)
             .await
             .context("connecting to DATABASE_URL")
     }
@@ -226,7 +226,8 @@ pub struct TokenConfig {
           default_value = "2592000", value_parser = seconds(1..=31_536_000))]
     pub refresh_token_ttl: Duration,
 
-    /// Clock skew tolerated when checking token expiry, seconds (0..=300).
+    /// Clock skew tolerated on a token's `exp`, `nbf` and `iat`, seconds
+    /// (0..=300).
     #[arg(long = "token-leeway-secs", env = "AUTH_TOKEN_LEEWAY_SECS", default_value = "30",
           value_parser = seconds(0..=300))]
     pub token_leeway: Duration,

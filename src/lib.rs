@@ -8,8 +8,6 @@
 //! (`realchat-auth-verifier`), the one implementation the server and
 //! downstream services share. Start-up every binary shares is in
 //! `realchat-runtime`.
-#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-#![warn(missing_docs)]
 
 pub mod codec;
 pub mod config;

@@ -13,7 +13,7 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
-use crate::config::{Config, ListenConfig, SessionConfig, ThrottleConfig};
+use crate::config::{Config, DatabaseConfig, ListenConfig, SessionConfig, ThrottleConfig};
 use crate::grpc::GrpcApi;
 use crate::password::PasswordHasher;
 use crate::proto::auth_api_server::AuthApiServer;
@@ -43,7 +43,12 @@ pub struct Application {
 /// # Errors
 /// When the database cannot be reached or a migration fails.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    let pool = config.database.connect(1).await?;
+    // One connection is all the migrator uses.
+    let database = DatabaseConfig {
+        max_connections: 1,
+        ..config.database.clone()
+    };
+    let pool = database.connect().await?;
     apply_migrations(&pool).await?;
     pool.close().await;
     Ok(())
@@ -69,10 +74,7 @@ impl Application {
         // The keys first: a bad key file should fail before touching the
         // database.
         let tokens = config.tokens.token_service()?;
-        let pool = config
-            .database
-            .connect(config.database.max_connections)
-            .await?;
+        let pool = config.database.connect().await?;
         if config.database.migrate_on_start {
             apply_migrations(&pool).await?;
         }
@@ -216,29 +218,21 @@ async fn purge_sessions(
     throttle_window: Duration,
     interval: Duration,
 ) {
+    const BATCH: i64 = 1000;
     loop {
-        let mut purged = 0;
-        loop {
-            let batch = async {
+        let purged = realchat_runtime::housekeeping::delete_in_batches(
+            BATCH as u64,
+            usize::MAX,
+            "session purge failed; retrying later",
+            || async {
                 let mut conn = pool.acquire().await?;
-                let sessions = store::sessions::purge(&mut conn, retention, 1000).await?;
+                let sessions = store::sessions::purge(&mut conn, retention, BATCH).await?;
                 // Throttle rows of ended windows go with them.
-                let throttle = store::throttle::purge(&mut conn, throttle_window, 1000).await?;
+                let throttle = store::throttle::purge(&mut conn, throttle_window, BATCH).await?;
                 Ok::<_, store::StoreError>(sessions.max(throttle))
-            };
-            match batch.await {
-                Ok(n) => {
-                    purged += n;
-                    if n < 1000 {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "session purge failed; retrying later");
-                    break;
-                }
-            }
-        }
+            },
+        )
+        .await;
         if purged > 0 {
             tracing::info!(purged, "purged old sessions");
         }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use jsonwebtoken::{EncodingKey, Header};
 pub use realchat_auth_verifier::{Claims, TokenKind};
-use realchat_auth_verifier::{SessionId, TokenId, UserId, VerificationKey, Verifier};
+use realchat_auth_verifier::{SessionId, TokenId, UserId, VerificationKey, Verifier, VerifyError};
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
 
 /// Why a token could not be minted or was refused.
@@ -295,9 +295,9 @@ impl TokenService {
     /// # Errors
     /// [`TokenError::Invalid`] with the rule the token breaks.
     pub fn verify(&self, kind: TokenKind, token: &str) -> Result<Claims, TokenError> {
-        self.verifier
-            .verify_as(kind, token)
-            .map_err(|e| TokenError::Invalid(e.to_string()))
+        self.verifier.verify_as(kind, token).map_err(|e| match e {
+            VerifyError::Token(why) | VerifyError::Jwks(why) => TokenError::Invalid(why),
+        })
     }
 }
 

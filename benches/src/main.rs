@@ -29,8 +29,9 @@ use anyhow::Context as _;
 use clap::Parser;
 use realchat_testkit::broker;
 use realchat_testkit::db::with_database;
-use realchat_testkit::process::{Process, command, free_port};
+use realchat_testkit::process::{Process, free_port};
 use sqlx::{Connection as _, PgConnection};
+use tokio::process::Command;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::load::{LoginClient, RefreshClient, Registerer, closed_loop, open_loop};
@@ -355,7 +356,8 @@ async fn start_server(
 ) -> anyhow::Result<(Process, String)> {
     let grpc_addr = free_port()?;
     let http_addr = free_port()?;
-    let mut command = command(bin_dir.join("realchat-auth"));
+    // The caller's environment is inherited, as a deployment's would be.
+    let mut command = Command::new(bin_dir.join("realchat-auth"));
     command
         .env("DATABASE_URL", database_url)
         .env("AUTH_GRPC_ADDR", grpc_addr.to_string())

@@ -17,6 +17,7 @@ use realchat_relay::RelayConfig;
 use realchat_testkit::broker::relay_config_on;
 use realchat_testkit::process::{Process, free_port, relay_command};
 use sqlx::PgPool;
+use tokio::process::Command;
 use tokio::time::Instant;
 
 use crate::stats::Latencies;
@@ -32,8 +33,10 @@ pub fn start_relay(
     topic_prefix: &str,
 ) -> anyhow::Result<Process> {
     let http_addr = free_port()?;
+    // The caller's environment is inherited (e.g. RELAY_KAFKA_* for a
+    // broker that needs TLS or SASL).
     let mut command = relay_command(
-        &bin_dir.join("realchat-relay"),
+        Command::new(bin_dir.join("realchat-relay")),
         database_url,
         kafka,
         topic_prefix,

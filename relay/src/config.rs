@@ -171,7 +171,7 @@ pub struct PublishConfig {
 pub struct RetentionConfig {
     /// Published rows older than this many seconds are deleted.
     #[arg(long = "retention-secs", env = "RELAY_RETENTION_SECS", default_value = "604800",
-          value_parser = seconds(1..=u64::MAX))]
+          value_parser = seconds(1..))]
     pub retention: Duration,
 
     /// Seconds between retention clean-ups.

@@ -333,24 +333,17 @@ where
 const MAX_BATCHES_PER_RUN: usize = 100;
 
 /// Retention: deletes published rows older than the retention period in
-/// small batches, each its own short statement, so no long lock is held;
+/// batches of `cleanup_batch`, at most [`MAX_BATCHES_PER_RUN`] per run;
 /// returns how many. Failures are logged and retried at the next run.
 async fn delete_expired(pool: &PgPool, config: &RetentionConfig) -> u64 {
-    let mut deleted = 0;
-    for _ in 0..MAX_BATCHES_PER_RUN {
-        match store::delete_published(pool, config.retention, config.cleanup_batch).await {
-            Ok(done) => {
-                deleted += done;
-                if done < config.cleanup_batch as u64 {
-                    break;
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "retention clean-up failed; retrying later");
-                break;
-            }
-        }
-    }
+    let batch = u64::try_from(config.cleanup_batch).unwrap_or(u64::MAX);
+    let deleted = realchat_runtime::housekeeping::delete_in_batches(
+        batch,
+        MAX_BATCHES_PER_RUN,
+        "retention clean-up failed; retrying later",
+        || store::delete_published(pool, config.retention, config.cleanup_batch),
+    )
+    .await;
     if deleted > 0 {
         tracing::info!(deleted, "deleted published outbox rows past retention");
     }

@@ -8,9 +8,11 @@
 //!   its environment variable, and durations parsed once;
 //! - [`shutdown`]: the SIGINT/SIGTERM future;
 //! - [`http`]: the operator port (`/healthz`, `/readyz`, `/metrics`);
+//! - [`housekeeping`]: deleting what has expired in short batches;
 //! - [`outbox`]: the contract the server and the relay share besides the
 //!   table (the NOTIFY channel).
 
+pub mod housekeeping;
 pub mod http;
 pub mod outbox;
 pub mod settings;

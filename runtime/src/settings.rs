@@ -1,7 +1,7 @@
 //! Settings from flags and environment (clap), read the same way by every
 //! binary.
 
-use std::ops::RangeInclusive;
+use std::ops::RangeBounds;
 use std::time::Duration;
 
 use clap::builder::TypedValueParser;
@@ -26,7 +26,7 @@ pub fn from_args_and_env<T: clap::Parser>() -> T {
 /// A value parser of whole seconds within `range`, as a [`Duration`]: a
 /// duration setting is parsed once, at start, and its unit is in its name
 /// (`*_SECS`).
-pub fn seconds(range: RangeInclusive<u64>) -> impl TypedValueParser<Value = Duration> {
+pub fn seconds(range: impl RangeBounds<u64>) -> impl TypedValueParser<Value = Duration> {
     clap::value_parser!(u64)
         .range(range)
         .map(Duration::from_secs)
@@ -34,7 +34,7 @@ pub fn seconds(range: RangeInclusive<u64>) -> impl TypedValueParser<Value = Dura
 
 /// A value parser of whole milliseconds within `range`, as a [`Duration`]
 /// (settings named `*_MS`).
-pub fn millis(range: RangeInclusive<u64>) -> impl TypedValueParser<Value = Duration> {
+pub fn millis(range: impl RangeBounds<u64>) -> impl TypedValueParser<Value = Duration> {
     clap::value_parser!(u64)
         .range(range)
         .map(Duration::from_millis)

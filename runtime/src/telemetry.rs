@@ -5,7 +5,8 @@
 /// _sqlx_migrations already exists, skipping" at every start).
 pub const DEFAULT_LOG_FILTER: &str = "info,sqlx::postgres::notice=warn";
 
-/// How log lines are written (`AUTH_LOG_FORMAT`, `RELAY_LOG_FORMAT`).
+/// How log lines are written (`AUTH_LOG_FORMAT`, `RELAY_LOG_FORMAT`,
+/// `PROFILE_LOG_FORMAT`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum LogFormat {
     /// Human-readable lines.

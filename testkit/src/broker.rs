@@ -48,7 +48,6 @@ pub fn relay_config_on(
     poll_interval: Duration,
 ) -> RelayConfig {
     let mut config = <RelayConfig as clap::Parser>::parse_from(["realchat-relay"]);
-    // RelayConfig paths
     config.database_url = database_url.to_owned();
     config.kafka.kafka_bootstrap_servers = bootstrap.to_owned();
     config.kafka.topic_prefix = topic_prefix.to_owned();

@@ -5,7 +5,7 @@
 
 use std::ffi::OsStr;
 use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,7 +14,6 @@ use anyhow::{Context as _, bail};
 use tokio::io::{AsyncBufReadExt as _, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 
 pub use nix::sys::signal::Signal;
 
@@ -63,15 +62,16 @@ pub fn command(bin: impl AsRef<OsStr>) -> Command {
     command
 }
 
-/// [`command`] for the relay binary `bin` on `database_url`, publishing to
-/// the broker at `bootstrap` under `topic_prefix`.
+/// `command` (a [`command`] for a test, or a plain one that inherits the
+/// caller's environment for the benchmark) set up as the relay on
+/// `database_url`, publishing to the broker at `bootstrap` under
+/// `topic_prefix`.
 pub fn relay_command(
-    bin: &Path,
+    mut command: Command,
     database_url: &str,
     bootstrap: &str,
     topic_prefix: &str,
 ) -> Command {
-    let mut command = command(bin);
     command
         .env("DATABASE_URL", database_url)
         .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
@@ -114,7 +114,7 @@ impl Process {
     /// Starts the relay with `env` on top of a fast test setting (100 ms
     /// poll, 3 s delivery timeout, 1 s backoff cap, metrics on a free port).
     pub fn relay(database_url: &str, bootstrap: &str, prefix: &str, env: &[(&str, &str)]) -> Self {
-        let mut command = relay_command(&relay_bin(), database_url, bootstrap, prefix);
+        let mut command = relay_command(command(relay_bin()), database_url, bootstrap, prefix);
         command
             .env("RELAY_POLL_INTERVAL_MS", "100")
             .env("RELAY_DELIVERY_TIMEOUT_MS", "3000")
@@ -222,20 +222,15 @@ impl Process {
         let Some(addr) = self.http_addr else {
             bail!("{} has no HTTP address to probe", self.name);
         };
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                bail!("{} exited during start-up: {status}", self.name);
+        let (name, child) = (&self.name, &mut self.child);
+        let ready = crate::wait::poll(within, Duration::from_millis(50), async || {
+            if let Some(status) = child.try_wait()? {
+                bail!("{name} exited during start-up: {status}");
             }
-            if http_status(addr, "/readyz").await == Some(200) {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("{} not ready within {within:?}", self.name);
-            }
-            // Polling a condition (readiness), bounded by the deadline.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            Ok((http_status(addr, "/readyz").await == Some(200)).then_some(()))
+        })
+        .await?;
+        ready.ok_or_else(|| anyhow::anyhow!("{name} not ready within {within:?}"))
     }
 
     /// Peak resident set size so far (`VmHWM` in `/proc/<pid>/status`), in

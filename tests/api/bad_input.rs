@@ -532,17 +532,10 @@ async fn hundreds_of_hostile_requests_get_their_status_and_never_internal() {
     app.register("newbie@example.com", "newbie's password")
         .await;
     let tokens = app.login("newbie@example.com", "newbie's password").await;
-    let kid = {
-        use base64::Engine as _;
-        let header = tokens.refresh_token.split('.').next().unwrap();
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(header)
-            .unwrap();
-        serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()["kid"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    };
+    let kid = parts(&tokens.refresh_token).0["kid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let bad = bad_tokens(&tokens.refresh_token, &tokens.access_token, &kid, &der);
     let cases = cases(&bad);
     assert!(cases.len() >= 200, "only {} cases", cases.len());

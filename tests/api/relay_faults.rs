@@ -9,7 +9,9 @@ use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use uuid::Uuid;
 
 use realchat_testkit::app::TestApp;
-use realchat_testkit::broker::{Broker, Event, bootstrap_servers, collect, consumer, consumer_on};
+use realchat_testkit::broker::{
+    Broker, Event, bootstrap_servers, collect, consumer, consumer_on, partitions,
+};
 use realchat_testkit::http::{http_get, metric};
 use realchat_testkit::outbox::insert_events;
 use realchat_testkit::process::{Process, Signal};
@@ -22,10 +24,7 @@ fn prefix() -> String {
 /// Messages the broker holds on `topic` (the sum of its partitions' high
 /// watermarks).
 fn messages_on(consumer: &StreamConsumer, topic: &str) -> i64 {
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(5))
-        .unwrap();
-    let partitions = metadata.topics()[0].partitions().len() as i32;
+    let partitions = partitions(consumer, topic).expect("the topic exists");
     (0..partitions)
         .map(|p| {
             consumer

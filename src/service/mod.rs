@@ -1,5 +1,6 @@
-//! The use-cases and their rules, one file per group: [`register`],
-//! [`login`], [`sessions`] (Refresh and Logout); the rules they share:
+//! The use-cases and their rules, one file per group: `register.rs`,
+//! `login.rs`, `sessions.rs` (Refresh and Logout), each an
+//! `impl AuthService` block; the rules they share:
 //! [`throttle`] (login throttling) and [`rotation`] (refresh-token rotation
 //! and reuse detection, a pure function). One transaction per use-case; no
 //! tonic types in here: errors are [`ServiceError`], which `grpc.rs` maps to
@@ -7,10 +8,10 @@
 //! `impl AuthService` block of its own.
 
 mod error;
-pub mod login;
-pub mod register;
+mod login;
+mod register;
 pub mod rotation;
-pub mod sessions;
+mod sessions;
 pub mod throttle;
 
 use std::time::Duration;

@@ -115,8 +115,9 @@ pub struct ListenConfig {
     #[arg(long, env = "AUTH_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub grpc_addr: SocketAddr,
 
-    /// Address of the HTTP server with `/healthz`, `/readyz` and `/metrics`
-    /// (Prometheus); port 0 picks a free port (logged at start).
+    /// Address of the HTTP server with `/healthz`, `/readyz`, `/metrics`
+    /// (Prometheus) and the JWKS (`/.well-known/jwks.json`); port 0 picks a
+    /// free port (logged at start).
     #[arg(long, env = "AUTH_HTTP_ADDR", default_value = "127.0.0.1:9464")]
     pub http_addr: SocketAddr,
 
@@ -302,7 +303,8 @@ pub struct SessionConfig {
           default_value = "2592000", value_parser = seconds(0..=315_360_000))]
     pub session_retention: Duration,
 
-    /// Seconds between purges of old sessions (1..=86400).
+    /// Seconds between purges of old sessions and ended throttle windows
+    /// (1..=86400).
     #[arg(long = "session-purge-interval-secs", env = "AUTH_SESSION_PURGE_INTERVAL_SECS",
           default_value = "3600", value_parser = seconds(1..=86_400))]
     pub session_purge_interval: Duration,

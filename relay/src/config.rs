@@ -47,7 +47,8 @@ pub struct RelayConfig {
     pub metrics_addr: Option<SocketAddr>,
 
     /// Log format: `text` (human-readable) or `json` (one object per line,
-    /// for log shippers). The level comes from `RUST_LOG` (default `info`).
+    /// for log shippers). The level comes from `RUST_LOG` (default
+    /// `info,sqlx::postgres::notice=warn`).
     #[arg(long, env = "RELAY_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 }

@@ -13,7 +13,8 @@ struct Cli {
     profile: ProfileConfig,
 
     /// Log format: `text` (human-readable) or `json` (one object per line,
-    /// for log shippers). The level comes from `RUST_LOG` (default `info`).
+    /// for log shippers). The level comes from `RUST_LOG` (default
+    /// `info,sqlx::postgres::notice=warn`).
     #[arg(long, env = "PROFILE_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
 }

@@ -20,7 +20,10 @@ pub use password::{
 };
 pub use realchat_auth_verifier::{SessionId, TokenId, UserId};
 
+use icu_properties::CodePointSetData;
+use icu_properties::props::DefaultIgnorableCodePoint;
 use unicode_normalization::UnicodeNormalization;
+use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 
 /// A rule broken by one request field, reported to clients as a
 /// `google.rpc.BadRequest.FieldViolation`.
@@ -41,6 +44,30 @@ pub const MAX_RAW_FIELD_BYTES: usize = 1024;
 /// True when `s` holds a NUL or any other Unicode control character (Cc).
 pub(crate) fn has_control_char(s: &str) -> bool {
     s.chars().any(char::is_control)
+}
+
+/// True when `c` prints as nothing or as blank space, so that two
+/// identifiers differing only in it look the same: every
+/// Default_Ignorable_Code_Point (UAX #44; Hangul fillers, variation
+/// selectors, the combining grapheme joiner, Khmer inherent vowels, and the
+/// zero-width and bidirectional format characters), every separator (UAX
+/// #44 general categories Zs, Zl, Zp: no-break and ideographic spaces, line
+/// and paragraph separators), and U+2800 BRAILLE PATTERN BLANK, which Unicode
+/// files as a symbol but which prints blank. U+0020 SPACE is not included:
+/// each field decides whether it trims or refuses it, or (a device name)
+/// allows it. The one rule for every identifier-like field.
+pub(crate) fn invisible_or_separator(c: char) -> bool {
+    if c == ' ' {
+        return false;
+    }
+    CodePointSetData::new::<DefaultIgnorableCodePoint>().contains(c)
+        || matches!(
+            c.general_category(),
+            GeneralCategory::SpaceSeparator
+                | GeneralCategory::LineSeparator
+                | GeneralCategory::ParagraphSeparator
+        )
+        || c == '\u{2800}'
 }
 
 /// NFKC-normalises `s` (Unicode Standard Annex #15).

@@ -302,6 +302,43 @@ fn cases(tokens: &Tokens) -> Vec<Case> {
             InvalidArgument,
         ));
     }
+    // Invisible characters outside Cf and separators in emails (issue 12):
+    // Hangul fillers, a variation selector, the combining grapheme joiner,
+    // Khmer U+17B4, blank Braille, line and paragraph separators, and a
+    // no-break space, inside or at the end (the password is good, so only
+    // `email` can be refused).
+    for c in [
+        '\u{3164}', '\u{ffa0}', '\u{115f}', '\u{fe0f}', '\u{34f}', '\u{17b4}', '\u{2800}',
+        '\u{2028}', '\u{2029}', '\u{a0}',
+    ] {
+        let n = c as u32;
+        rows.push(case(
+            format!("register email invisible U+{n:04X}"),
+            register(format!("in{c}visible@example.com"), "a good password"),
+            InvalidArgument,
+        ));
+        rows.push(case(
+            format!("register email invisible U+{n:04X} at the end"),
+            register(format!("invisible@example.com{c}"), "a good password"),
+            InvalidArgument,
+        ));
+    }
+    // No domain literals, numeric top-level labels or mixed scripts (issue 12).
+    for email in [
+        "ned@127.0.0.1",
+        "t@127.0.0.1",
+        "ned@[IPv6:::1]",
+        "pаypal@example.com",
+        "paypal@exаmple.com",
+        "😀@example.com",
+        "bob@xn--abc.example",
+    ] {
+        rows.push(case(
+            format!("register email {email:?}"),
+            register(email, "a good password"),
+            InvalidArgument,
+        ));
+    }
     // Empty, whitespace-only and malformed emails.
     for email in [
         "",
@@ -415,7 +452,8 @@ fn cases(tokens: &Tokens) -> Vec<Case> {
         ));
     }
     // One address in every Unicode normalisation form and case: one account.
-    let base = "Ａmélie.Ωmega@Exämple.com";
+    // One script per dot-separated part: "Ωmega" would mix Greek and Latin.
+    let base = "Ａmélie.Ωμέγα@Exämple.com";
     for (i, (form, email)) in [
         ("as typed", base.to_owned()),
         ("NFC", base.nfc().collect::<String>()),
@@ -424,7 +462,10 @@ fn cases(tokens: &Tokens) -> Vec<Case> {
         ("NFKD", base.nfkd().collect()),
         ("upper", base.to_uppercase()),
         ("lower NFD", base.to_lowercase().nfd().collect()),
-        ("padded", format!("  {base}\u{a0}")),
+        // ASCII spaces only: a no-break space is refused even at the ends.
+        ("padded", format!("  {base}  ")),
+        // The domain's A-label (IDNA) spelling.
+        ("A-label", "Amélie.ωμέγα@xn--exmple-cua.com".to_owned()),
     ]
     .into_iter()
     .enumerate()

@@ -6,10 +6,13 @@ use sqlx::PgConnection;
 use super::StoreError;
 use crate::domain::{Email, UserId};
 
-/// Inserts a user unless the normalised email is taken. Returns false when it
-/// is: `ON CONFLICT DO NOTHING` waits for a racing insert of the same email
-/// to commit and then yields no row, so a race is never a unique-violation
-/// error.
+/// Inserts a user unless the normalised email, or its look-alike key
+/// ([`Email::lookalike_key`]), is taken. Returns false when one is: `ON
+/// CONFLICT DO NOTHING` without a target arbitrates on every unique index
+/// (`users.email` and `users.email_key`; the primary key too, but v7 ids do
+/// not collide), waits for a racing insert of the same address or a
+/// look-alike to commit and then yields no row, so a race is never a
+/// unique-violation error.
 ///
 /// # Errors
 /// [`StoreError`].
@@ -21,12 +24,13 @@ pub async fn insert(
     created_at: DateTime<Utc>,
 ) -> Result<bool, StoreError> {
     let inserted = sqlx::query(
-        "INSERT INTO users (id, email, password_hash, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $4)
-         ON CONFLICT (email) DO NOTHING",
+        "INSERT INTO users (id, email, email_key, password_hash, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $5)
+         ON CONFLICT DO NOTHING",
     )
     .bind(id)
     .bind(email.as_str())
+    .bind(email.lookalike_key())
     .bind(password_hash)
     .bind(created_at)
     .execute(conn)

@@ -246,3 +246,117 @@ async fn common_passwords_and_the_email_itself_are_refused_with_the_reason() {
         .await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn an_idna_domain_in_either_spelling_is_one_account() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client.clone();
+    app.register("bob@bücher.example", "bob's passphrase").await;
+    for variant in ["bob@xn--bcher-kva.example", "BOB@BÜCHER.example"] {
+        let status = expect_code(
+            client.register(request(variant, "another password")).await,
+            Code::AlreadyExists,
+        );
+        assert_eq!(status.message(), "email already registered");
+    }
+    let stored: String = sqlx::query_scalar("SELECT email FROM users")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, "bob@bücher.example");
+    app.login("bob@xn--bcher-kva.example", "bob's passphrase")
+        .await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_whole_script_look_alike_is_already_registered_but_ascii_neighbours_are_not() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client.clone();
+    app.register("apple@example.com", "apple's passphrase")
+        .await;
+    // All Cyrillic: а р р ӏ е.
+    let status = expect_code(
+        client
+            .register(request("аррӏе@example.com", "another password"))
+            .await,
+        Code::AlreadyExists,
+    );
+    assert_eq!(status.message(), "email already registered");
+    // The other way round: the look-alike first.
+    app.register("аррӏе1@example.com", "a cyrillic passphrase")
+        .await;
+    expect_code(
+        client
+            .register(request("apple1@example.com", "another password"))
+            .await,
+        Code::AlreadyExists,
+    );
+    // ASCII addresses that differ are different mailboxes.
+    app.register("john1@example.com", "john's passphrase").await;
+    app.register("johnl@example.com", "johnl's passphrase")
+        .await;
+    assert_eq!(count(&app, "users").await, 4);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn racing_look_alikes_give_one_user_and_never_internal() {
+    let app = TestApp::spawn().await;
+    let mut calls = Vec::new();
+    for i in 0..20 {
+        let mut client = app.new_client().await;
+        calls.push(tokio::spawn(async move {
+            // Two emails, one key: the race is on the look-alike index.
+            let email = if i % 2 == 0 {
+                "apple@example.com"
+            } else {
+                "аррӏе@example.com"
+            };
+            client.register(request(email, "racing password")).await
+        }));
+    }
+    let mut ok = 0;
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(status) => assert_eq!(status.code(), Code::AlreadyExists, "{status:?}"),
+        }
+    }
+    assert_eq!(ok, 1);
+    assert_eq!(count(&app, "users").await, 1);
+    assert_eq!(count(&app, "outbox").await, 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn invisible_numeric_and_mixed_script_emails_are_refused_on_the_email_field() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client.clone();
+    let invisible = "email must not contain invisible or separator characters";
+    let invalid = "email is not a valid address";
+    let mixed = "email must not mix scripts, such as Latin and Cyrillic, within one part";
+    let mut cases: Vec<(String, &str)> = [
+        '\u{3164}', '\u{ffa0}', '\u{115f}', '\u{fe0f}', '\u{34f}', '\u{17b4}', '\u{2800}',
+        '\u{2028}', '\u{2029}',
+    ]
+    .into_iter()
+    .map(|c| (format!("in{c}visible@example.com"), invisible))
+    .collect();
+    cases.extend([
+        ("ned@127.0.0.1".to_owned(), invalid),
+        ("pаypal@example.com".to_owned(), mixed),
+    ]);
+    for (email, description) in cases {
+        let status = expect_code(
+            client.register(request(&email, "good password")).await,
+            Code::InvalidArgument,
+        );
+        assert_eq!(violated_fields(&status), ["email"], "{email:?}");
+        let details = tonic_types::StatusExt::get_error_details(&status);
+        let violation = &details.bad_request().unwrap().field_violations[0];
+        assert_eq!(violation.description, description, "{email:?}");
+    }
+    assert_eq!(count(&app, "users").await, 0);
+    app.stop().await;
+}

@@ -1,7 +1,8 @@
 //! RealChat Auth: the identity service as a library, so that `main.rs` stays
 //! thin and tests start the whole server in-process.
 //!
-//! Where a request goes: [`grpc`] (proto ⇄ domain, error → status) →
+//! Where a request goes: [`transport`] (the gRPC port's connections and
+//! their limits) → [`grpc`] (proto ⇄ domain, error → status) →
 //! [`service`] (the rules, one file per group of use-cases, one transaction
 //! each) → [`store`] (SQL). Passwords are hashed in [`password`]; tokens are
 //! minted in [`token`] and checked by the rules of the verifier crate
@@ -19,6 +20,7 @@ pub mod service;
 pub mod startup;
 pub mod store;
 pub mod token;
+pub mod transport;
 
 /// Code generated from `proto/realchat/auth/v1/auth_api.proto`.
 #[allow(clippy::all, missing_docs)]

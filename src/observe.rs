@@ -16,6 +16,10 @@
 //!   - `auth_bcrypt_wait_seconds` (histogram): submit to start of a job.
 //!   - `auth_db_pool_connections{state="idle"|"in_use"}` (gauge).
 //!   - `auth_db_pool_max_connections` (gauge).
+//!   - `auth_grpc_connections` (gauge): connections open on the gRPC port.
+//!   - `auth_grpc_connections_closed_total{reason}` (counter): connections
+//!     the server closed, `reason` one of `handshake_timeout`, `idle`,
+//!     `connection_limit`, `shutdown` (see [`crate::transport`]).
 
 use std::time::Duration;
 
@@ -42,6 +46,10 @@ pub mod names {
     pub const DB_POOL: &str = "auth_db_pool_connections";
     /// Gauge: the pool's maximum size.
     pub const DB_POOL_MAX: &str = "auth_db_pool_max_connections";
+    /// Gauge: connections open on the gRPC port.
+    pub const GRPC_CONNECTIONS: &str = "auth_grpc_connections";
+    /// Counter: gRPC connections the server closed, by reason.
+    pub const GRPC_CONNECTIONS_CLOSED: &str = "auth_grpc_connections_closed_total";
 }
 
 /// The process-wide Prometheus recorder with the server's buckets: every

@@ -153,7 +153,12 @@ impl Probe for RelayProbe {
 pub async fn serve(addr: SocketAddr, probe: RelayProbe) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let router = http::router(probe, http::prometheus(&buckets()));
-    tokio::spawn(http::serve(listener, router, "metrics"));
+    tokio::spawn(http::serve(
+        listener,
+        router,
+        http::HttpLimits::default(),
+        "metrics",
+    ));
     Ok(())
 }
 

@@ -9,12 +9,17 @@
 
 use std::future::Future;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
+
+use crate::accept::{Accepted, Acceptor};
 
 /// Histogram buckets of one metric (or of every metric whose name matches).
 pub type Buckets = (Matcher, &'static [f64]);
@@ -89,15 +94,73 @@ pub fn router<P: Probe>(probe: P, metrics: Option<PrometheusHandle>) -> Router {
         )
 }
 
-/// Serves `router` on `listener` until the task is dropped, after logging
-/// `"{what} listening"` with the bound address (`addr=…`; port 0 picks a
-/// free one, so tests and operators read it there). A serving failure is
-/// logged, not returned: the operator port must not take the process down.
-pub async fn serve(listener: TcpListener, router: Router, what: &str) {
+/// Bounds on the operator port's connections. The port speaks HTTP/1.1
+/// only, answers one request per connection (`Connection: close`: probes
+/// and scrapers lose one handshake, and no idle keep-alive connection can
+/// be held open), and gives up on a connection whose request head does not
+/// arrive in time or is too large.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Connections open at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Time for a connection to send its whole request head; past it the
+    /// connection is closed (a client that never finishes its headers
+    /// holds nothing longer).
+    pub header_timeout: Duration,
+    /// Largest request head, bytes (at least 8,192, hyper's floor); a
+    /// larger one is answered 431 and the connection closed.
+    pub max_header_bytes: usize,
+}
+
+impl Default for HttpLimits {
+    /// 256 connections, 10 s for the request head, 16 KiB of head.
+    fn default() -> Self {
+        Self {
+            max_connections: 256,
+            header_timeout: Duration::from_secs(10),
+            max_header_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// Longest a connection of the operator port lives, whatever it does: its
+/// one request is a probe or a scrape that takes milliseconds, so this only
+/// ends clients that stop reading their answer.
+const CONNECTION_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Serves `router` on `listener` under `limits` until the task is dropped,
+/// after logging `"{what} listening"` with the bound address (`addr=…`;
+/// port 0 picks a free one, so tests and operators read it there). Serving
+/// failures are logged, not returned: the operator port must not take the
+/// process down.
+pub async fn serve(listener: TcpListener, router: Router, limits: HttpLimits, what: &'static str) {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "{what} listening");
     }
-    if let Err(e) = axum::serve(listener, router).await {
-        tracing::error!(error = %e, "{what} server failed");
+    let acceptor = Acceptor::new(listener, limits.max_connections, what);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_header_bytes.max(MIN_HEADER_BYTES))
+        .keep_alive(false);
+    loop {
+        let Accepted {
+            stream,
+            peer,
+            permit,
+        } = acceptor.accept().await;
+        let service = TowerToHyperService::new(router.clone());
+        let connection = http.serve_connection(TokioIo::new(stream), service);
+        tokio::spawn(async move {
+            match tokio::time::timeout(CONNECTION_DEADLINE, connection).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "{what} connection failed"),
+                Err(_) => tracing::debug!(%peer, "{what} connection outlived its deadline"),
+            }
+            drop(permit);
+        });
     }
 }
+
+/// hyper's smallest read buffer (it refuses a smaller one).
+const MIN_HEADER_BYTES: usize = 8192;

@@ -7,11 +7,15 @@
 //! - [`settings`]: settings from flags and environment, each value named by
 //!   its environment variable, and durations parsed once;
 //! - [`shutdown`]: the SIGINT/SIGTERM future;
-//! - [`http`]: the operator port (`/healthz`, `/readyz`, `/metrics`);
+//! - [`accept`]: accepting connections under a limit, with back-off when
+//!   `accept` fails;
+//! - [`http`]: the operator port (`/healthz`, `/readyz`, `/metrics`) and its
+//!   connection limits;
 //! - [`housekeeping`]: deleting what has expired in short batches;
 //! - [`outbox`]: the contract the server and the relay share besides the
 //!   table (the NOTIFY channel).
 
+pub mod accept;
 pub mod housekeeping;
 pub mod http;
 pub mod outbox;

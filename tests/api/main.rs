@@ -8,6 +8,7 @@
 
 mod availability;
 mod bad_input;
+mod connections;
 mod jwks;
 mod login;
 mod profile;

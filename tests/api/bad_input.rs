@@ -24,6 +24,8 @@ enum Call {
     Logout(String),
     /// A raw protobuf body for the method (`Register`, `Login`, …).
     Raw(&'static str, Vec<u8>),
+    /// A whole request body for the method, gRPC framing included.
+    Framed(&'static str, Vec<u8>),
 }
 
 struct Case {
@@ -557,6 +559,14 @@ fn cases(tokens: &Tokens) -> Vec<Case> {
                 InvalidArgument,
             ));
         }
+        // Broken gRPC framing: refused before decoding, never INTERNAL.
+        for (name, body) in crate::wire::broken_framing() {
+            rows.push(case(
+                format!("framing {method} {name}"),
+                Call::Framed(method, body),
+                InvalidArgument,
+            ));
+        }
     }
     rows
 }
@@ -606,6 +616,7 @@ async fn hundreds_of_hostile_requests_get_their_status_and_never_internal() {
                 .await
                 .map(|_| ()),
             Call::Raw(method, body) => crate::wire::send_raw(&app, method, body).await,
+            Call::Framed(method, body) => crate::wire::send_framed(&app, method, body).await,
         };
         let code = result.as_ref().err().map_or(Code::Ok, tonic::Status::code);
         if code != case.expect {

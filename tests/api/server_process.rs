@@ -236,6 +236,90 @@ async fn migrate_then_serve_with_json_logs_free_of_secrets_and_stop_gracefully()
     }
 }
 
+/// The HTTP address from the JSON `HTTP listening` line.
+async fn http_addr(server: &Process) -> String {
+    let line = server
+        .wait_log("HTTP listening", Duration::from_secs(10))
+        .await;
+    let json: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+    json["fields"]["addr"].as_str().unwrap().to_owned()
+}
+
+/// The `auth_requests_total` series of an exposition: (labels, value).
+fn request_series(exposition: &str) -> Vec<(&str, f64)> {
+    exposition
+        .lines()
+        .filter_map(|line| line.strip_prefix("auth_requests_total{"))
+        .map(|rest| {
+            let (labels, value) = rest.split_once("} ").unwrap();
+            (labels, value.parse().unwrap())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn made_up_method_names_share_one_series_and_broken_framing_counts_as_invalid_argument() {
+    let database_url = create_database().await;
+    let server = server(&database_url, &[]);
+    let channel = tonic::transport::Channel::from_shared(grpc_url(&server).await)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let http = http_addr(&server).await;
+    let made_up = |range: std::ops::Range<usize>| {
+        let channel = channel.clone();
+        async move {
+            for i in range {
+                let method = format!("MadeUp{i}");
+                let answer = crate::wire::send_raw_on(channel.clone(), &method, vec![]).await;
+                assert_eq!(answer.unwrap_err().code(), tonic::Code::Unimplemented);
+            }
+        }
+    };
+    made_up(0..10).await;
+    // A scrape first, so every gauge exists before the one compared.
+    http_get(&http, "/metrics").await;
+    let (_, before) = http_get(&http, "/metrics").await;
+    made_up(10..400).await;
+    let (_, after) = http_get(&http, "/metrics").await;
+    let series = request_series(&after);
+    assert_eq!(
+        series.first(),
+        Some(&(r#"method="unknown",code="Unimplemented""#, 400.0)),
+        "one series for every made-up name"
+    );
+    assert_eq!(series.len(), 1, "{} series", series.len());
+    // 390 more names, a few bytes more (digits of values), not a series each.
+    assert!(
+        after.len() < before.len() + 100,
+        "the exposition grew from {} to {} bytes",
+        before.len(),
+        after.len()
+    );
+
+    // Broken framing: INVALID_ARGUMENT, counted so, never INTERNAL.
+    let broken = crate::wire::broken_framing();
+    for (name, body) in &broken {
+        let answer = crate::wire::send_framed_on(channel.clone(), "Register", body.clone()).await;
+        assert_eq!(
+            answer.unwrap_err().code(),
+            tonic::Code::InvalidArgument,
+            "{name}"
+        );
+    }
+    let (_, exposition) = http_get(&http, "/metrics").await;
+    assert_eq!(
+        metric(
+            &exposition,
+            r#"auth_requests_total{method="Register",code="InvalidArgument"}"#
+        ),
+        Some(broken.len() as f64)
+    );
+    assert!(!exposition.contains(r#"code="Internal""#), "{exposition}");
+    assert_eq!(server.terminate().await, Some(0));
+}
+
 #[tokio::test]
 async fn the_shutdown_deadline_drops_requests_that_outlast_it() {
     // A bcrypt hash at cost 16 (16 times cost 12) takes seconds on any

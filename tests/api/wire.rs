@@ -1,5 +1,5 @@
-//! Requests that are not what a generated client sends: raw protobuf frames
-//! and oversized messages.
+//! Requests that are not what a generated client sends: raw protobuf frames,
+//! broken gRPC framing and oversized messages.
 
 use bytes::{Buf, BufMut};
 use realchat_auth::proto::RegisterRequest;
@@ -66,6 +66,129 @@ pub async fn send_raw_on(
     grpc.unary(tonic::Request::new(body), path, RawCodec)
         .await
         .map(|_| ())
+}
+
+/// One chunk of bytes as an HTTP body.
+struct OneChunk(Option<bytes::Bytes>);
+
+impl http_body::Body for OneChunk {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.take().map(|data| Ok(http_body::Frame::data(data))))
+    }
+}
+
+/// Sends `body` as the whole HTTP/2 request body of `method`, gRPC's 5-byte
+/// message header included, so the framing can be anything; an empty body
+/// is a bare HEADERS frame. Returns the answer's gRPC status.
+pub async fn send_framed(app: &TestApp, method: &str, body: Vec<u8>) -> Result<(), tonic::Status> {
+    send_framed_on(app.channel().await, method, body).await
+}
+
+/// [`send_framed`] on a channel to any server.
+pub async fn send_framed_on(
+    mut channel: tonic::transport::Channel,
+    method: &str,
+    body: Vec<u8>,
+) -> Result<(), tonic::Status> {
+    use http_body::Body as _;
+    use tonic::codegen::Service as _;
+    let body = if body.is_empty() {
+        tonic::body::Body::empty()
+    } else {
+        tonic::body::Body::new(OneChunk(Some(body.into())))
+    };
+    let request = http::Request::post(format!("/realchat.auth.v1.AuthApi/{method}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(body)
+        .unwrap();
+    std::future::poll_fn(|cx| channel.poll_ready(cx))
+        .await
+        .unwrap();
+    let (head, body) = channel.call(request).await.unwrap().into_parts();
+    // An error comes trailers-only (the status in the headers); an answer
+    // after its message, in the trailers.
+    let status = match tonic::Status::from_header_map(&head.headers) {
+        Some(status) => status,
+        None => {
+            let mut body = std::pin::pin!(body);
+            loop {
+                let frame = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx))
+                    .await
+                    .expect("trailers after the message")
+                    .unwrap();
+                if let Ok(trailers) = frame.into_trailers() {
+                    break tonic::Status::from_header_map(&trailers).expect("grpc-status");
+                }
+            }
+        }
+    };
+    if status.code() == Code::Ok {
+        Ok(())
+    } else {
+        Err(status)
+    }
+}
+
+/// `message` in one gRPC frame: flag 0 (not compressed), its length, itself.
+pub fn frame(message: &[u8]) -> Vec<u8> {
+    let mut framed = vec![0];
+    framed.extend(u32::try_from(message.len()).unwrap().to_be_bytes());
+    framed.extend(message);
+    framed
+}
+
+/// Request bodies whose gRPC framing is broken, by name; each frame holds
+/// (or starts) an empty message, which every method would decode.
+pub fn broken_framing() -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        ("compressed flag without grpc-encoding", vec![1, 0, 0, 0, 0]),
+        ("compressed flag 2", vec![2, 0, 0, 0, 0]),
+        ("compressed flag 255", vec![255, 0, 0, 0, 0]),
+        (
+            "length prefix past the body",
+            vec![0, 0, 0, 0, 10, 0x0a, 0x00],
+        ),
+        ("message header cut short", vec![0, 0, 0]),
+        ("no message (bare HEADERS)", vec![]),
+    ]
+}
+
+#[tokio::test]
+async fn broken_grpc_framing_is_invalid_argument_in_our_words() {
+    let app = TestApp::spawn().await;
+    for method in ["Register", "Login", "Refresh", "Logout"] {
+        for (name, body) in broken_framing() {
+            let status = expect_code(send_framed(&app, method, body).await, Code::InvalidArgument);
+            // Ours, not tonic's "protocol error: …" (INTERNAL is for our bugs).
+            assert_eq!(
+                status.message(),
+                "malformed gRPC message framing",
+                "{method} {name}"
+            );
+        }
+    }
+    // The control: well framed, the same bytes reach the handler (which
+    // refuses the empty message by its fields), and a real message is
+    // answered in the trailers.
+    let status = expect_code(
+        send_framed(&app, "Register", frame(&[])).await,
+        Code::InvalidArgument,
+    );
+    assert_eq!(status.message(), "request has invalid fields");
+    let register = prost::Message::encode_to_vec(&RegisterRequest {
+        email: "framed@example.com".into(),
+        password: "a good password".into(),
+    });
+    send_framed(&app, "Register", frame(&register))
+        .await
+        .unwrap();
+    app.stop().await;
 }
 
 #[tokio::test]

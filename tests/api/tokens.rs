@@ -294,6 +294,36 @@ async fn tokens_signed_with_our_key_but_wrong_claims_are_unauthenticated() {
 }
 
 #[tokio::test]
+async fn a_crit_header_is_refused_even_under_our_own_signature() {
+    let (key_file, der) = write_key_file();
+    let app = TestApp::spawn_with(|c| c.tokens.signing_key_file = Some(key_file.clone())).await;
+    let (_, refresh_token) = session(&app).await;
+    let (header, claims) = parts(&refresh_token);
+    let key = EncodingKey::from_ed_der(&der);
+    // jsonwebtoken's `Header` has no `crit`, so both headers are written as
+    // JSON and signed alike with the server's key.
+    let sign = |header: &serde_json::Value| {
+        let input = format!("{}.{}", b64_json(header), b64_json(&claims));
+        let signature =
+            jsonwebtoken::crypto::sign(input.as_bytes(), &key, Algorithm::EdDSA).unwrap();
+        format!("{input}.{signature}")
+    };
+    // RFC 7515 §4.1.11: `crit` names extensions the recipient must
+    // understand; we understand none, so the token is refused.
+    let mut extended = header.clone();
+    extended["urn:example:must-understand"] = true.into();
+    let mut critical = extended.clone();
+    critical["crit"] = serde_json::json!(["urn:example:must-understand"]);
+    let status = expect_code(refresh(&app, &sign(&critical)).await, Code::Unauthenticated);
+    assert_eq!(status.message(), "invalid refresh token");
+    // The control: the same header and extension without `crit`, signed the
+    // same way, is taken, so the refusal above is the `crit` header's.
+    refresh(&app, &sign(&extended)).await.unwrap();
+    app.stop().await;
+    std::fs::remove_file(key_file).unwrap();
+}
+
+#[tokio::test]
 async fn logout_scopes_end_other_sessions_or_all_of_them() {
     let app = TestApp::spawn().await;
     let (_, a) = session(&app).await;

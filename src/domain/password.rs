@@ -2,6 +2,7 @@ use std::collections::HashSet;
 use std::sync::LazyLock;
 
 use secrecy::{ExposeSecret, SecretString};
+use unicode_segmentation::UnicodeSegmentation as _;
 
 use super::{Email, MAX_RAW_FIELD_BYTES, has_control_char, nfkc};
 
@@ -14,8 +15,10 @@ static COMMON_PASSWORDS: LazyLock<HashSet<&'static str>> = LazyLock::new(|| {
         .collect()
 });
 
-/// Fewest characters (Unicode scalar values) in a new password, as NIST SP
-/// 800-63B §3.1.1.2 requires for user-chosen secrets.
+/// Fewest characters in a new password, as NIST SP 800-63B §3.1.1.2
+/// requires for user-chosen secrets, counted as a person sees them:
+/// extended grapheme clusters (UAX #29) after NFKC, so a letter with eight
+/// combining marks is one character, not nine.
 pub const MIN_PASSWORD_CHARS: usize = 8;
 /// Most UTF-8 bytes in a password: bcrypt reads at most 72 bytes, and a longer
 /// password is refused rather than silently truncated.
@@ -27,7 +30,8 @@ pub enum PasswordError {
     /// NUL or another control character (Cc), anywhere.
     #[error("password must not contain NUL or control characters")]
     ControlCharacter,
-    /// Fewer than [`MIN_PASSWORD_CHARS`] characters after NFKC.
+    /// Fewer than [`MIN_PASSWORD_CHARS`] user-perceived characters
+    /// (extended grapheme clusters) after NFKC.
     #[error("password must be at least {MIN_PASSWORD_CHARS} characters")]
     TooShort,
     /// Over [`MAX_PASSWORD_BYTES`] bytes after NFKC (never truncated).
@@ -62,7 +66,7 @@ impl NewPassword {
         }
         let normalised = PasswordAttempt::parse(raw)?;
         let value = normalised.0.expose_secret();
-        if value.chars().count() < MIN_PASSWORD_CHARS {
+        if value.graphemes(true).count() < MIN_PASSWORD_CHARS {
             return Err(PasswordError::TooShort);
         }
         if value.len() > MAX_PASSWORD_BYTES {
@@ -219,6 +223,28 @@ mod tests {
         assert_eq!(check(" jane.doe"), Err(PasswordError::MatchesEmail));
         assert_eq!(check("correct horse battery staple"), Ok(()));
         assert_eq!(check("jane.doe.2026!"), Ok(()));
+    }
+
+    #[test]
+    fn length_is_counted_in_user_perceived_characters_after_nfkc() {
+        // A letter and eight combining marks: nine scalar values, eight
+        // after NFKC composes the first mark, one character on screen.
+        let marks = "\u{301}\u{302}\u{303}\u{304}\u{306}\u{307}\u{308}\u{30a}";
+        assert_eq!(
+            NewPassword::parse(&format!("a{marks}")).err(),
+            Some(PasswordError::TooShort)
+        );
+        // A family emoji is five scalar values joined by ZWJ: one character.
+        let family = "\u{1f468}\u{200d}\u{1f469}\u{200d}\u{1f467}";
+        assert_eq!(
+            NewPassword::parse(&format!("{family}abcdef")).err(),
+            Some(PasswordError::TooShort)
+        );
+        assert!(NewPassword::parse(&format!("{family}abcdefg")).is_ok());
+        // Eight letters each with a mark are eight characters (in 16 or
+        // more bytes); decomposed, NFKC composes them alike.
+        assert!(NewPassword::parse(&"e\u{301}".repeat(8)).is_ok());
+        assert!(NewPassword::parse(&"\u{1e09}".repeat(8)).is_ok());
     }
 
     #[test]

@@ -378,6 +378,10 @@ fn cases(tokens: &Tokens) -> Vec<Case> {
         ("empty", String::new()),
         ("7 chars", "seven77".into()),
         ("7 multibyte chars", "ééééééé".into()),
+        (
+            "a letter and 8 combining marks",
+            "a\u{301}\u{302}\u{303}\u{304}\u{306}\u{307}\u{308}\u{30a}".into(),
+        ),
         ("common", "password".into()),
         ("common, other case", "PassWord1".into()),
         ("the email", "newbie@example.com".into()),

@@ -10,6 +10,12 @@
 //! by the [`PendingAttempt`] guard when it is dropped undecided. So the
 //! counts are of wrong passwords and attempts in flight, and a slow or busy
 //! server never locks a user out.
+//!
+//! An attempt that is already over a limit is refused before anything is
+//! written (a read of the counts it would make), so a blocked client that
+//! tries address after address leaves no row behind; the count-then-check
+//! still decides the race between concurrent attempts, and a count taken
+//! back to zero is deleted.
 
 use std::time::Duration;
 
@@ -71,16 +77,26 @@ impl Throttle {
     /// nothing.
     ///
     /// # Errors
-    /// `Throttled` (the attempt is taken back at once: a refusal is not a
-    /// failure, else a burst of correct logins would block its own client;
-    /// and a blocked guesser costs a query, never a bcrypt run), or the
-    /// database's error.
+    /// `Throttled`, with nothing written: an attempt the current counts
+    /// already block is refused on a read, and one that only a concurrent
+    /// attempt pushed over the limit is taken back at once (a refusal is
+    /// not a failure, else a burst of correct logins would block its own
+    /// client; and a blocked guesser costs a query, never a bcrypt run).
+    /// Or the database's error.
     pub async fn begin(
         &self,
         conn: &mut PgConnection,
         account: Option<&str>,
         client: Option<&str>,
     ) -> Result<PendingAttempt, ServiceError> {
+        // Refused on a read, a blocked client's attempts at new addresses
+        // create no rows (they would be taken back to empty rows otherwise).
+        let would = counts::peek(&mut *conn, account, client, self.limits.window).await?;
+        if let Some(retry_after) = self.limits.blocked(&would) {
+            return Err(ServiceError::Throttled { retry_after });
+        }
+        // The read locks nothing: concurrent attempts may all have passed
+        // it, so the atomic count decides.
         let counted = counts::count_attempt(conn, account, client, self.limits.window).await?;
         if let Some(retry_after) = self.limits.blocked(&counted) {
             counts::uncount(conn, account, client).await?;

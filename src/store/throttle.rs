@@ -13,7 +13,8 @@ use sqlx::PgConnection;
 
 use super::StoreError;
 
-/// One key's count after an attempt was added to it.
+/// One key's count after an attempt was added to it (or, from [`peek`],
+/// would be).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Count {
     /// Attempts counted in the key's current window, this one included.
@@ -68,19 +69,60 @@ pub async fn count_attempt(
     .bind(window.as_secs_f64())
     .fetch_all(conn)
     .await?;
+    Ok(to_counts(counted, account_key.as_deref()))
+}
+
+/// The counts [`count_attempt`] would return for one more attempt against
+/// `account` and `client`, without writing: a key's failures plus one in a
+/// live window, 1 (and a whole `window` left) for a key whose window
+/// ended or that has no row. Locks nothing, so a check made on it can be
+/// overtaken by concurrent attempts; it keeps refused attempts from
+/// creating rows, and [`count_attempt`] stays the check that holds.
+///
+/// # Errors
+/// [`StoreError`].
+pub async fn peek(
+    conn: &mut PgConnection,
+    account: Option<&str>,
+    client: Option<&str>,
+    window: Duration,
+) -> Result<Counts, StoreError> {
+    let (account_key, client_key) = keys(account, client);
+    let would: Vec<(String, i32, f64)> = sqlx::query_as(
+        "SELECT k.key,
+                CASE WHEN t.window_start > now() - make_interval(secs => $3)
+                     THEN t.failures + 1 ELSE 1 END,
+                CASE WHEN t.window_start > now() - make_interval(secs => $3)
+                     THEN EXTRACT(EPOCH FROM t.window_start + make_interval(secs => $3) - now())::float8
+                     ELSE $3 END
+         FROM unnest(ARRAY[$1, $2]::text[]) AS k(key)
+         LEFT JOIN login_throttle t ON t.key = k.key
+         WHERE k.key IS NOT NULL",
+    )
+    .bind(&account_key)
+    .bind(&client_key)
+    .bind(window.as_secs_f64())
+    .fetch_all(conn)
+    .await?;
+    Ok(to_counts(would, account_key.as_deref()))
+}
+
+/// Rows of (key, attempts, seconds left) as the account's and the client's
+/// counts; a key that is not `account_key` is the client's.
+fn to_counts(rows: Vec<(String, i32, f64)>, account_key: Option<&str>) -> Counts {
     let mut counts = Counts::default();
-    for (key, attempts, window_left_secs) in counted {
+    for (key, attempts, window_left_secs) in rows {
         let count = Some(Count {
             attempts,
             window_left_secs,
         });
-        if Some(&key) == account_key.as_ref() {
+        if Some(key.as_str()) == account_key {
             counts.account = count;
         } else {
             counts.client = count;
         }
     }
-    Ok(counts)
+    counts
 }
 
 /// Deletes up to `batch` rows whose window ended; returns how many.
@@ -119,8 +161,13 @@ pub async fn reset_account(conn: &mut PgConnection, account: &str) -> Result<(),
 }
 
 /// Takes one attempt back from `account` and from `client` (never below
-/// zero). One row per statement: a statement that locked both rows, in an
-/// order of its own, could deadlock with [`count_attempt`].
+/// zero), and deletes a row left at zero: a count of nothing is no state to
+/// keep, and a client refused over and over must not leave a row per
+/// address it tried. The decrement comes first and the delete re-checks
+/// the count, so an attempt counted in between (the row is back above
+/// zero) is never lost. One row per statement: a statement that locked
+/// both rows, in an order of its own, could deadlock with
+/// [`count_attempt`].
 ///
 /// # Errors
 /// [`StoreError`].
@@ -134,9 +181,13 @@ pub async fn uncount(
         sqlx::query(
             "UPDATE login_throttle SET failures = failures - 1 WHERE key = $1 AND failures > 0",
         )
-        .bind(key)
+        .bind(&key)
         .execute(&mut *conn)
         .await?;
+        sqlx::query("DELETE FROM login_throttle WHERE key = $1 AND failures <= 0")
+            .bind(&key)
+            .execute(&mut *conn)
+            .await?;
     }
     Ok(())
 }

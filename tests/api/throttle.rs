@@ -335,6 +335,35 @@ async fn a_burst_of_correct_logins_leaves_nothing_counted() {
 }
 
 #[tokio::test]
+async fn a_blocked_client_trying_new_addresses_leaves_no_rows() {
+    let app = TestApp::spawn_with(|c| c.throttle.login_max_failures_per_client = 3).await;
+    let mut client = app.client.clone();
+    for i in 0..3 {
+        let email = format!("guess{i}@example.com");
+        expect_code(
+            login(&mut client, &email, "guess", None).await,
+            Code::Unauthenticated,
+        );
+    }
+    let rows = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM login_throttle")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(rows().await, 4, "three accounts and the client");
+    // Blocked, the client sprays addresses it never tried: every one is
+    // refused, and none leaves state behind (each once left a row).
+    for i in 0..300 {
+        let email = format!("new{i}@example.com");
+        throttled(login(&mut client, &email, "guess", None).await);
+    }
+    assert_eq!(rows().await, 4, "refused attempts created rows");
+    assert_eq!(counted(&app.database_url).await, 6, "three failures, twice");
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn a_login_that_times_out_is_not_counted_as_a_failure() {
     let database_url = create_database().await;
     let first = TestApp::start(test_config(&database_url), database_url.clone()).await;

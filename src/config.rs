@@ -12,14 +12,17 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::builder::TypedValueParser as _;
+use realchat_runtime::http::HttpLimits;
 use realchat_runtime::settings::seconds;
 use realchat_runtime::telemetry::LogFormat;
 use sqlx::PgPool;
 
+use crate::grpc::ClientAddress;
 use crate::password::HasherSettings;
 use crate::service::throttle::Limits;
 use crate::store;
 use crate::token::{SigningKey, TokenService, TokenSettings, verification_key_from_pem_file};
+use crate::transport::ConnectionLimits;
 
 /// Settings of the `realchat-auth` server. Not `Debug`: `DATABASE_URL` may
 /// carry a password.
@@ -108,7 +111,8 @@ impl DatabaseConfig {
     }
 }
 
-/// The ports the server listens on and the bounds of one request.
+/// The ports the server listens on, the bounds of their connections and of
+/// one request.
 #[derive(Clone, clap::Args)]
 pub struct ListenConfig {
     /// Address the gRPC server listens on.
@@ -133,6 +137,92 @@ pub struct ListenConfig {
     #[arg(long = "shutdown-timeout-secs", env = "AUTH_SHUTDOWN_TIMEOUT_SECS",
           default_value = "30", value_parser = seconds(1..=3600))]
     pub shutdown_timeout: Duration,
+
+    /// Connections open at once on the gRPC port (1..=1000000); at the
+    /// limit, new ones wait and connections with no request in flight are
+    /// closed to make room. Lowered at start to what the open-file limit
+    /// allows.
+    #[arg(long, env = "AUTH_GRPC_MAX_CONNECTIONS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000).map(|n| n as usize))]
+    pub grpc_max_connections: usize,
+
+    /// Seconds a new gRPC connection gets to send the HTTP/2 preface and its
+    /// first frame before it is closed (1..=300).
+    #[arg(long = "grpc-handshake-timeout-secs", env = "AUTH_GRPC_HANDSHAKE_TIMEOUT_SECS",
+          default_value = "10", value_parser = seconds(1..=300))]
+    pub grpc_handshake_timeout: Duration,
+
+    /// Seconds a gRPC connection may stay open with no request in flight
+    /// before it gets a GOAWAY (gRPC's MAX_CONNECTION_IDLE; 1..=86400).
+    #[arg(long = "grpc-idle-timeout-secs", env = "AUTH_GRPC_IDLE_TIMEOUT_SECS",
+          default_value = "300", value_parser = seconds(1..=86_400))]
+    pub grpc_idle_timeout: Duration,
+
+    /// Seconds between HTTP/2 PINGs the server sends on each gRPC
+    /// connection to find dead peers (1..=86400).
+    #[arg(long = "grpc-keepalive-interval-secs", env = "AUTH_GRPC_KEEPALIVE_INTERVAL_SECS",
+          default_value = "60", value_parser = seconds(1..=86_400))]
+    pub grpc_keepalive_interval: Duration,
+
+    /// Seconds a PING may go unanswered before its connection is closed
+    /// (1..=3600).
+    #[arg(long = "grpc-keepalive-timeout-secs", env = "AUTH_GRPC_KEEPALIVE_TIMEOUT_SECS",
+          default_value = "20", value_parser = seconds(1..=3600))]
+    pub grpc_keepalive_timeout: Duration,
+
+    /// Requests in flight at once on one gRPC connection
+    /// (SETTINGS_MAX_CONCURRENT_STREAMS; 1..=10000).
+    #[arg(long, env = "AUTH_GRPC_MAX_CONCURRENT_STREAMS", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub grpc_max_concurrent_streams: u32,
+
+    /// Largest header list (metadata) of a gRPC request, bytes
+    /// (SETTINGS_MAX_HEADER_LIST_SIZE; 1024..=1048576).
+    #[arg(long, env = "AUTH_GRPC_MAX_HEADER_BYTES", default_value_t = 16 * 1024,
+          value_parser = clap::value_parser!(u32).range(1024..=1_048_576))]
+    pub grpc_max_header_bytes: u32,
+
+    /// Connections open at once on the HTTP port (1..=100000).
+    #[arg(long, env = "AUTH_HTTP_MAX_CONNECTIONS", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..=100_000).map(|n| n as usize))]
+    pub http_max_connections: usize,
+
+    /// Seconds an HTTP-port connection gets to send its whole request head
+    /// (1..=300).
+    #[arg(long = "http-header-timeout-secs", env = "AUTH_HTTP_HEADER_TIMEOUT_SECS",
+          default_value = "10", value_parser = seconds(1..=300))]
+    pub http_header_timeout: Duration,
+
+    /// Largest request head on the HTTP port, bytes (8192..=1048576).
+    #[arg(long, env = "AUTH_HTTP_MAX_HEADER_BYTES", default_value_t = 16 * 1024,
+          value_parser = clap::value_parser!(u32).range(8192..=1_048_576).map(|n| n as usize))]
+    pub http_max_header_bytes: usize,
+}
+
+impl ListenConfig {
+    /// The bounds on the gRPC port's connections. A connection asked to
+    /// close gets the request timeout to finish what it has in flight.
+    pub fn grpc_limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections: self.grpc_max_connections,
+            handshake_timeout: self.grpc_handshake_timeout,
+            idle_timeout: self.grpc_idle_timeout,
+            keepalive_interval: self.grpc_keepalive_interval,
+            keepalive_timeout: self.grpc_keepalive_timeout,
+            max_concurrent_streams: self.grpc_max_concurrent_streams,
+            max_header_bytes: self.grpc_max_header_bytes,
+            close_grace: self.request_timeout,
+        }
+    }
+
+    /// The bounds on the HTTP port's connections.
+    pub fn http_limits(&self) -> HttpLimits {
+        HttpLimits {
+            max_connections: self.http_max_connections,
+            header_timeout: self.http_header_timeout,
+            max_header_bytes: self.http_max_header_bytes,
+        }
+    }
 }
 
 /// Where the bcrypt threads run relative to the rest of the machine.
@@ -331,14 +421,33 @@ pub struct ThrottleConfig {
           default_value = "900", value_parser = seconds(1..=86_400))]
     pub login_failure_window: Duration,
 
-    /// Request header whose last entry is the client address, as a trusted
-    /// proxy appends it (e.g. `x-forwarded-for`), for throttling. Unset: the
-    /// TCP peer address.
+    /// Request header to which the proxies in front of the server append the
+    /// address they received the request from (e.g. `x-forwarded-for`); the
+    /// client address for throttling is the entry the outermost trusted
+    /// proxy added (see `AUTH_TRUSTED_PROXY_HOPS`). Every line of the header
+    /// is read, in order, as one list. Unset: the TCP peer address.
     #[arg(long, env = "AUTH_CLIENT_IP_HEADER", value_parser = parse_header_name)]
     pub client_ip_header: Option<String>,
+
+    /// Proxies in front of the server that each append to
+    /// `AUTH_CLIENT_IP_HEADER` (1..=16): the client address is this many
+    /// entries from the end of the header's list. 1 for one load balancer;
+    /// 2 for a CDN in front of it. Entries before it are the client's own
+    /// and never read.
+    #[arg(long, env = "AUTH_TRUSTED_PROXY_HOPS", default_value_t = 1,
+          value_parser = clap::value_parser!(u8).range(1..=16).map(usize::from))]
+    pub trusted_proxy_hops: usize,
 }
 
 impl ThrottleConfig {
+    /// How the client address of a request is found.
+    pub fn client_address(&self) -> ClientAddress {
+        ClientAddress {
+            header: self.client_ip_header.clone(),
+            trusted_hops: self.trusted_proxy_hops,
+        }
+    }
+
     /// The throttle's limits and window.
     pub fn limits(&self) -> Limits {
         Limits {

@@ -10,7 +10,8 @@
 //!   build is applied; 503 otherwise (the body says which).
 //! - `GET /metrics`, names as exported:
 //!   - `auth_requests_total{method,code}` (counter): RPCs by gRPC code,
-//!     counted by [`crate::grpc::Counted`].
+//!     counted by [`crate::grpc::Counted`]; `method` is `unknown` for a
+//!     method the contract does not declare.
 //!   - `auth_request_duration_seconds{method}` (histogram).
 //!   - `auth_bcrypt_queue_depth` (gauge): bcrypt jobs running or waiting.
 //!   - `auth_bcrypt_wait_seconds` (histogram): submit to start of a job.

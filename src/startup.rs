@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
+use tonic::service::Routes;
 
 use crate::config::{Config, DatabaseConfig, ListenConfig, SessionConfig, ThrottleConfig};
 use crate::grpc::GrpcApi;
@@ -19,6 +19,7 @@ use crate::password::PasswordHasher;
 use crate::proto::auth_api_server::AuthApiServer;
 use crate::service::AuthService;
 use crate::store;
+use crate::transport::ConnectionLimits;
 
 /// Largest request message accepted, in bytes; larger ones are refused by
 /// tonic with OUT_OF_RANGE before they are decoded. Real requests are under
@@ -33,6 +34,7 @@ pub struct Application {
     pool: PgPool,
     jwks: crate::observe::Jwks,
     listen: ListenConfig,
+    grpc_limits: ConnectionLimits,
     sessions: SessionConfig,
     throttle: ThrottleConfig,
 }
@@ -92,6 +94,10 @@ impl Application {
             config.throttle.limits(),
         ));
         let listen = &config.listen;
+        let grpc_limits = within_open_file_limit(
+            listen.grpc_limits(),
+            listen.http_max_connections + config.database.max_connections as usize,
+        );
         let listener = TcpListener::bind(listen.grpc_addr)
             .await
             .with_context(|| format!("binding AUTH_GRPC_ADDR {}", listen.grpc_addr))?;
@@ -107,6 +113,7 @@ impl Application {
             pool,
             jwks,
             listen: listen.clone(),
+            grpc_limits,
             sessions: config.sessions.clone(),
             throttle: config.throttle.clone(),
         })
@@ -153,6 +160,7 @@ impl Application {
         let http = tokio::spawn(realchat_runtime::http::serve(
             self.http_listener,
             crate::observe::router(self.pool.clone(), self.jwks),
+            self.listen.http_limits(),
             "HTTP",
         ));
         let purger = tokio::spawn(purge_sessions(
@@ -175,36 +183,56 @@ impl Application {
                 std::future::pending::<()>().await;
             }
         };
-        let serve = tonic::transport::Server::builder()
-            .add_service(health)
+        let api = AuthApiServer::new(GrpcApi::new(
+            self.service,
+            self.throttle.client_address(),
+            self.listen.request_timeout,
+        ))
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
+        let routes = Routes::new(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(crate::grpc::Counted(
-                AuthApiServer::new(GrpcApi::new(
-                    self.service,
-                    self.throttle.client_ip_header,
-                    self.listen.request_timeout,
-                ))
-                .max_decoding_message_size(MAX_REQUEST_BYTES),
-            ))
-            // TCP_NODELAY: without it a small response waits for the peer's
-            // delayed ACK (about 40 ms on Linux) before it is sent.
-            .serve_with_incoming_shutdown(
-                TcpIncoming::from(self.listener).with_nodelay(Some(true)),
-                shutdown,
-            );
-        let served = tokio::select! {
-            served = serve => served,
+            .add_service(crate::grpc::Counted(api));
+        let serve = crate::transport::serve(self.listener, routes, self.grpc_limits, shutdown);
+        tokio::select! {
+            () = serve => {}
             () = deadline => {
                 tracing::warn!("shutdown deadline passed; dropping in-flight requests");
-                Ok(())
             }
-        };
+        }
         watcher.abort();
         http.abort();
         purger.abort();
         self.pool.close().await;
-        Ok(served?)
+        Ok(())
+    }
+}
+
+/// `limits` with `max_connections` lowered, with a warning, to what this
+/// process's open-file limit leaves after `other_descriptors` (the HTTP
+/// port's connections, the database pool) and a reserve of 64 for files,
+/// logs and listeners; the soft limit is first raised to the hard one.
+fn within_open_file_limit(limits: ConnectionLimits, other_descriptors: usize) -> ConnectionLimits {
+    const RESERVE: usize = 64;
+    let Some(open_files) = realchat_runtime::accept::raise_open_file_limit() else {
+        return limits;
+    };
+    let open_files = usize::try_from(open_files).unwrap_or(usize::MAX);
+    let room = open_files
+        .saturating_sub(other_descriptors + RESERVE)
+        .max(1);
+    if limits.max_connections <= room {
+        return limits;
+    }
+    tracing::warn!(
+        configured = limits.max_connections,
+        lowered_to = room,
+        open_file_limit = open_files,
+        "AUTH_GRPC_MAX_CONNECTIONS is more than the open-file limit allows; lowered"
+    );
+    ConnectionLimits {
+        max_connections: room,
+        ..limits
     }
 }
 

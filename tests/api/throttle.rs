@@ -21,14 +21,25 @@ async fn login(
     password: &str,
     from: Option<&str>,
 ) -> Result<(), tonic::Status> {
+    login_forwarded(client, email, password, from.as_slice()).await
+}
+
+/// A login whose `x-forwarded-for` header is sent as `lines`, each its own
+/// HTTP/2 header field, in order (as a proxy that adds a line sends them).
+async fn login_forwarded(
+    client: &mut AuthApiClient<Channel>,
+    email: &str,
+    password: &str,
+    lines: &[&str],
+) -> Result<(), tonic::Status> {
     let mut request = Request::new(LoginRequest {
         email: email.into(),
         password: password.into(),
     });
-    if let Some(address) = from {
+    for line in lines {
         request
             .metadata_mut()
-            .insert("x-forwarded-for", address.parse().unwrap());
+            .append("x-forwarded-for", line.parse().unwrap());
     }
     client.login(request).await.map(|_| ())
 }
@@ -138,6 +149,71 @@ async fn a_client_is_blocked_across_accounts_by_its_forwarded_address() {
         expect_code(result, Code::Unauthenticated);
     }
     throttled(jo(None).await);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_forged_forwarded_line_before_the_proxys_is_not_read() {
+    let app = TestApp::spawn_with(|c| {
+        c.throttle.login_max_failures_per_client = 3;
+        c.throttle.client_ip_header = Some("x-forwarded-for".into());
+    })
+    .await;
+    let mut client = app.client.clone();
+    app.register("kim@example.com", "kim's password").await;
+    // The client sends a line of its own, different each time; the proxy
+    // (HAProxy adds a line rather than appending) sends the address it saw
+    // in a second field. Only the proxy's entry may count.
+    for i in 0..3 {
+        let forged = format!("198.51.100.{i}");
+        let email = format!("target{i}@example.com");
+        let lines = [forged.as_str(), "203.0.113.9"];
+        let result = login_forwarded(&mut client, &email, "guess", &lines).await;
+        expect_code(result, Code::Unauthenticated);
+    }
+    let lines = ["192.0.2.200", "203.0.113.9"];
+    throttled(login_forwarded(&mut client, "kim@example.com", "kim's password", &lines).await);
+    // Nor does a forged line name someone else's address into a block:
+    // 192.0.2.200 itself was never counted.
+    login_forwarded(
+        &mut client,
+        "kim@example.com",
+        "kim's password",
+        &["192.0.2.200"],
+    )
+    .await
+    .unwrap();
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn with_two_trusted_hops_the_client_is_the_entry_the_outer_proxy_added() {
+    let app = TestApp::spawn_with(|c| {
+        c.throttle.login_max_failures_per_client = 2;
+        c.throttle.client_ip_header = Some("x-forwarded-for".into());
+        c.throttle.trusted_proxy_hops = 2;
+    })
+    .await;
+    let mut client = app.client.clone();
+    app.register("lee@example.com", "lee's password").await;
+    // forged, client (added by the CDN), CDN edge (added by the load
+    // balancer): the client is 2 entries from the end.
+    for i in 0..2 {
+        let lines = [
+            format!("10.0.0.{i}, 203.0.113.20"),
+            format!("198.51.100.{i}"),
+        ];
+        let lines = [lines[0].as_str(), lines[1].as_str()];
+        let email = format!("someone{i}@example.com");
+        let result = login_forwarded(&mut client, &email, "guess", &lines).await;
+        expect_code(result, Code::Unauthenticated);
+    }
+    let lines = ["203.0.113.20", "198.51.100.77"];
+    throttled(login_forwarded(&mut client, "lee@example.com", "lee's password", &lines).await);
+    let lines = ["203.0.113.21", "198.51.100.0"];
+    login_forwarded(&mut client, "lee@example.com", "lee's password", &lines)
+        .await
+        .unwrap();
     app.stop().await;
 }
 

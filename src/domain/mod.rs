@@ -4,7 +4,9 @@
 //! - [`Email`]: the normalised, validated form of an email address.
 //! - [`NewPassword`]: a password that satisfies the registration policy.
 //! - [`PasswordAttempt`]: a password presented at login (normalised only).
-//! - [`UserRegistered`]: the event written to the outbox by `Register`.
+//! - the events of the `user` aggregate ([`UserEvent`]): [`UserRegistered`],
+//!   [`SessionStarted`], [`SessionRevoked`] (with its [`RevokeReason`]),
+//!   [`PasswordChanged`], [`UserDeleted`].
 //! - [`UserId`], [`SessionId`], [`TokenId`]: typed ids, so a store call
 //!   cannot take one for another (defined with the token claims in the
 //!   verifier crate, which downstream services share).
@@ -14,7 +16,10 @@ mod event;
 mod password;
 
 pub use email::{Email, EmailError, MAX_EMAIL_BYTES};
-pub use event::UserRegistered;
+pub use event::{
+    PasswordChanged, RevokeReason, SessionRevoked, SessionStarted, USER_AGGREGATE, UserDeleted,
+    UserEvent, UserRegistered,
+};
 pub use password::{
     MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS, NewPassword, PasswordAttempt, PasswordError,
 };

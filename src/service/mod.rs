@@ -16,12 +16,15 @@ pub mod throttle;
 
 use std::time::Duration;
 
-use sqlx::PgPool;
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool};
 
 pub use error::ServiceError;
 pub use sessions::LogoutScope;
 
+use crate::domain::{USER_AGGREGATE, UserEvent};
 use crate::password::PasswordHasher;
+use crate::store;
 use crate::token::TokenService;
 
 /// What every use-case works with: the database pool, the password hasher,
@@ -54,4 +57,33 @@ impl AuthService {
             reuse_grace: chrono::Duration::from_std(reuse_grace).unwrap_or(chrono::Duration::MAX),
         }
     }
+}
+
+/// Writes `event`, which happened at `at`, to the outbox on `conn`: call it
+/// inside the transaction of the change the event records, so both commit
+/// or neither does.
+///
+/// # Errors
+/// `Unavailable` or `Internal` from the store; `Internal` if the event does
+/// not serialise (it always does: plain fields).
+async fn record<E: UserEvent>(
+    conn: &mut PgConnection,
+    event: &E,
+    at: DateTime<Utc>,
+) -> Result<(), ServiceError> {
+    let payload = serde_json::to_value(event)
+        .map_err(|e| ServiceError::Internal(format!("{} payload: {e}", E::EVENT_TYPE)))?;
+    store::outbox::insert(
+        conn,
+        store::outbox::NewEvent {
+            id: event.event_id(),
+            aggregatetype: USER_AGGREGATE,
+            aggregateid: event.user_id().to_string(),
+            event_type: E::EVENT_TYPE,
+            payload,
+            occurred_at: at,
+        },
+    )
+    .await?;
+    Ok(())
 }

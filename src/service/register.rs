@@ -43,25 +43,12 @@ impl AuthService {
         let user_id = UserId::new_v7();
         let now = Utc::now();
         let event = UserRegistered::new(user_id, &email, now);
-        let payload = serde_json::to_value(&event)
-            .map_err(|e| ServiceError::Internal(format!("event payload: {e}")))?;
 
         let mut tx = self.pool.begin().await?;
         if !store::users::insert(&mut tx, user_id, &email, &password_hash, now).await? {
             return Err(ServiceError::AlreadyExists);
         }
-        store::outbox::insert(
-            &mut tx,
-            store::outbox::NewEvent {
-                id: event.event_id,
-                aggregatetype: UserRegistered::AGGREGATE_TYPE,
-                aggregateid: user_id.to_string(),
-                event_type: UserRegistered::EVENT_TYPE,
-                payload,
-                occurred_at: now,
-            },
-        )
-        .await?;
+        super::record(&mut tx, &event, now).await?;
         tx.commit().await?;
         tracing::info!(%user_id, event_id = %event.event_id, "user registered");
         Ok(user_id)

@@ -4,6 +4,11 @@
 //! - [`Email`]: the normalised, validated form of an email address.
 //! - [`NewPassword`]: a password that satisfies the registration policy.
 //! - [`PasswordAttempt`]: a password presented at login (normalised only).
+//! - [`DeviceName`] and [`UserAgent`]: what a session records about its
+//!   client, shown back to the user by ListSessions.
+//! - [`BearerToken`]: the `authorization: Bearer …` credentials of an
+//!   AccountApi call (RFC 6750), before verification.
+//! - [`SessionCursor`] and [`page_size`]: ListSessions paging (AIP-158).
 //! - the events of the `user` aggregate ([`UserEvent`]): [`UserRegistered`],
 //!   [`SessionStarted`], [`SessionRevoked`] (with its [`RevokeReason`]),
 //!   [`PasswordChanged`], [`UserDeleted`].
@@ -11,15 +16,23 @@
 //!   cannot take one for another (defined with the token claims in the
 //!   verifier crate, which downstream services share).
 
+mod bearer;
+mod client;
 mod email;
 mod event;
+mod page;
 mod password;
 
+pub use bearer::{BearerError, BearerToken};
+pub use client::{
+    DeviceName, DeviceNameError, MAX_DEVICE_NAME_CHARS, MAX_USER_AGENT_BYTES, UserAgent,
+};
 pub use email::{Email, EmailError, MAX_EMAIL_BYTES};
 pub use event::{
     PasswordChanged, RevokeReason, SessionRevoked, SessionStarted, USER_AGGREGATE, UserDeleted,
     UserEvent, UserRegistered,
 };
+pub use page::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, PageError, SessionCursor, page_size};
 pub use password::{
     MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS, NewPassword, PasswordAttempt, PasswordError,
 };
@@ -44,6 +57,7 @@ pub struct FieldViolation {
 /// NFKC can shrink text about threefold (Hangul jamo compose), so anything
 /// longer could never fit the 254- and 72-byte limits; refusing it before
 /// normalising keeps a huge field from costing more than a length check.
+/// A device name is bounded by it too, before its characters are counted.
 pub const MAX_RAW_FIELD_BYTES: usize = 1024;
 
 /// True when `s` holds a NUL or any other Unicode control character (Cc).

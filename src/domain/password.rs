@@ -4,7 +4,7 @@ use std::sync::LazyLock;
 use secrecy::{ExposeSecret, SecretString};
 use unicode_segmentation::UnicodeSegmentation as _;
 
-use super::{Email, MAX_RAW_FIELD_BYTES, has_control_char, nfkc};
+use super::{MAX_RAW_FIELD_BYTES, has_control_char, nfkc};
 
 /// The 10,000 most common passwords (`common-passwords.txt`, from zxcvbn's
 /// frequency list), loaded once.
@@ -83,13 +83,16 @@ impl NewPassword {
     /// Refuses a password that is easy to guess for the account of `email`
     /// (NIST SP 800-63B §3.1.1.2: compare against breached and common
     /// values and context-specific words), compared case-insensitively.
+    /// `email` is the account's normalised address: an
+    /// [`Email`](super::Email)'s `as_str` at Register, the stored one at ChangePassword
+    /// (which may predate today's parsing rules, so it is not re-parsed).
     ///
     /// # Errors
     /// [`PasswordError::Blank`] for whitespace only;
     /// [`PasswordError::Common`] for one of the 10,000 most common
     /// passwords; [`PasswordError::MatchesEmail`] for the email address or
     /// its local part.
-    pub fn check_not_guessable(&self, email: &Email) -> Result<(), PasswordError> {
+    pub fn check_not_guessable(&self, email: &str) -> Result<(), PasswordError> {
         let folded = skeleton(self.expose());
         if folded.is_empty() {
             return Err(PasswordError::Blank);
@@ -97,11 +100,8 @@ impl NewPassword {
         if COMMON_PASSWORDS.contains(folded.as_str()) {
             return Err(PasswordError::Common);
         }
-        let local = email
-            .as_str()
-            .rsplit_once('@')
-            .map_or("", |(local, _)| local);
-        if folded == skeleton(email.as_str()) || folded == skeleton(local) {
+        let local = email.rsplit_once('@').map_or("", |(local, _)| local);
+        if folded == skeleton(email) || folded == skeleton(local) {
             return Err(PasswordError::MatchesEmail);
         }
         Ok(())
@@ -167,6 +167,7 @@ impl PasswordAttempt {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::Email;
 
     #[test]
     fn length_is_counted_in_bytes_after_nfkc() {
@@ -191,7 +192,11 @@ mod tests {
     #[test]
     fn common_passwords_and_the_email_are_guessable() {
         let email = Email::parse("Jane.Doe@example.com").unwrap();
-        let check = |p: &str| NewPassword::parse(p).unwrap().check_not_guessable(&email);
+        let check = |p: &str| {
+            NewPassword::parse(p)
+                .unwrap()
+                .check_not_guessable(email.as_str())
+        };
         assert_eq!(COMMON_PASSWORDS.len(), 10_000);
         for common in [
             "password",

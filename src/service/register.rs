@@ -22,7 +22,9 @@ impl AuthService {
         let email = Email::parse(email);
         let password = NewPassword::parse(password);
         let password = match (&email, password) {
-            (Ok(email), Ok(password)) => password.check_not_guessable(email).map(|()| password),
+            (Ok(email), Ok(password)) => password
+                .check_not_guessable(email.as_str())
+                .map(|()| password),
             (_, password) => password,
         };
         let (email, password) = match (email, password) {

@@ -47,3 +47,25 @@ pub async fn insert(conn: &mut PgConnection, event: NewEvent<'_>) -> Result<(), 
         .await?;
     Ok(())
 }
+
+/// Deletes the published rows of one aggregate (`aggregatetype`,
+/// `aggregateid`); returns how many. Rows still waiting for the relay stay,
+/// so they are still delivered, in order.
+///
+/// # Errors
+/// [`StoreError`].
+pub async fn delete_published(
+    conn: &mut PgConnection,
+    aggregatetype: &str,
+    aggregateid: &str,
+) -> Result<u64, StoreError> {
+    let done = sqlx::query(
+        "DELETE FROM outbox
+         WHERE aggregatetype = $1 AND aggregateid = $2 AND published_at IS NOT NULL",
+    )
+    .bind(aggregatetype)
+    .bind(aggregateid)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}

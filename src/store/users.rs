@@ -39,7 +39,7 @@ pub async fn insert(
 }
 
 /// Replaces the password hash of user `id` (rehash on login at a higher
-/// cost).
+/// cost, ChangePassword). Returns false when the user no longer exists.
 ///
 /// # Errors
 /// [`StoreError`].
@@ -47,13 +47,13 @@ pub async fn set_password_hash(
     conn: &mut PgConnection,
     id: UserId,
     password_hash: &str,
-) -> Result<(), StoreError> {
-    sqlx::query("UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1")
+) -> Result<bool, StoreError> {
+    let done = sqlx::query("UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1")
         .bind(id)
         .bind(password_hash)
         .execute(conn)
         .await?;
-    Ok(())
+    Ok(done.rows_affected() == 1)
 }
 
 /// A user's id and password hash, for login. `Debug` leaves the hash out.
@@ -74,18 +74,75 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
-/// Finds the user with this normalised email.
+/// Finds the user with this normalised email (an [`Email`]'s
+/// [`Email::as_str`], or an address as stored).
 ///
 /// # Errors
 /// [`StoreError`].
 pub async fn find_credentials(
     conn: &mut PgConnection,
-    email: &Email,
+    email: &str,
 ) -> Result<Option<Credentials>, StoreError> {
     Ok(
         sqlx::query_as("SELECT id, password_hash FROM users WHERE email = $1")
-            .bind(email.as_str())
+            .bind(email)
             .fetch_optional(conn)
             .await?,
     )
+}
+
+/// A user's account as GetAccount shows it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Account {
+    /// The user id.
+    pub id: UserId,
+    /// The normalised email, as stored.
+    pub email: String,
+    /// When the account was created.
+    pub created_at: DateTime<Utc>,
+}
+
+/// The account of user `id`, if it exists.
+///
+/// # Errors
+/// [`StoreError`].
+pub async fn find_account(
+    conn: &mut PgConnection,
+    id: UserId,
+) -> Result<Option<Account>, StoreError> {
+    Ok(
+        sqlx::query_as("SELECT id, email, created_at FROM users WHERE id = $1")
+            .bind(id)
+            .fetch_optional(conn)
+            .await?,
+    )
+}
+
+/// Locks user `id`'s row until the transaction ends; returns whether it
+/// exists. DeleteAccount takes it first, as ChangePassword's update does,
+/// so the two take their locks in one order (user, then sessions) and a
+/// Login's new session waits for the deletion and then fails its foreign
+/// key.
+///
+/// # Errors
+/// [`StoreError`].
+pub async fn lock(conn: &mut PgConnection, id: UserId) -> Result<bool, StoreError> {
+    let found: Option<UserId> = sqlx::query_scalar("SELECT id FROM users WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .fetch_optional(conn)
+        .await?;
+    Ok(found.is_some())
+}
+
+/// Deletes user `id`; its sessions go with it (`ON DELETE CASCADE`).
+/// Returns false when there was no such user.
+///
+/// # Errors
+/// [`StoreError`].
+pub async fn delete(conn: &mut PgConnection, id: UserId) -> Result<bool, StoreError> {
+    let done = sqlx::query("DELETE FROM users WHERE id = $1")
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected() == 1)
 }

@@ -1,7 +1,8 @@
 //! Builds the application from a [`Config`]: database pool and migrations,
 //! hasher, signing key, and the gRPC server bound to its port, with gRPC
 //! health checking (`grpc.health.v1`, SERVING only while PostgreSQL answers)
-//! and server reflection (`grpc.reflection.v1` and `v1alpha`) beside `AuthApi`.
+//! and server reflection (`grpc.reflection.v1` and `v1alpha`) beside `AuthApi`
+//! and `AccountApi`.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -16,6 +17,7 @@ use tonic::service::Routes;
 use crate::config::{Config, DatabaseConfig, ListenConfig, SessionConfig, ThrottleConfig};
 use crate::grpc::GrpcApi;
 use crate::password::PasswordHasher;
+use crate::proto::account_api_server::AccountApiServer;
 use crate::proto::auth_api_server::AuthApiServer;
 use crate::service::AuthService;
 use crate::store;
@@ -183,16 +185,22 @@ impl Application {
                 std::future::pending::<()>().await;
             }
         };
-        let api = AuthApiServer::new(GrpcApi::new(
+        // One adapter serves both services: the same service, client
+        // address rule and timeout.
+        let api = Arc::new(GrpcApi::new(
             self.service,
             self.throttle.client_address(),
             self.listen.request_timeout,
-        ))
-        .max_decoding_message_size(MAX_REQUEST_BYTES);
+        ));
+        let auth_api =
+            AuthApiServer::from_arc(Arc::clone(&api)).max_decoding_message_size(MAX_REQUEST_BYTES);
+        let account_api =
+            AccountApiServer::from_arc(api).max_decoding_message_size(MAX_REQUEST_BYTES);
         let routes = Routes::new(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(crate::grpc::Counted(api));
+            .add_service(crate::grpc::Counted(auth_api))
+            .add_service(crate::grpc::Counted(account_api));
         let serve = crate::transport::serve(self.listener, routes, self.grpc_limits, shutdown);
         tokio::select! {
             () = serve => {}
@@ -271,7 +279,8 @@ async fn purge_sessions(
 /// How often the health watcher pings PostgreSQL.
 const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Keeps the gRPC health status of the server (`""`) and of `AuthApi` at
+/// Keeps the gRPC health status of the server (`""`), of `AuthApi` and of
+/// `AccountApi` at
 /// SERVING while PostgreSQL answers within a second and every migration is
 /// applied (as `/readyz`), NOT_SERVING otherwise.
 async fn watch_database(pool: PgPool, reporter: tonic_health::server::HealthReporter) {
@@ -287,7 +296,11 @@ async fn watch_database(pool: PgPool, reporter: tonic_health::server::HealthRepo
         };
         if last != Some(status) {
             tracing::info!(?status, "health status");
-            for service in ["", AuthApiServer::<GrpcApi>::NAME] {
+            for service in [
+                "",
+                AuthApiServer::<GrpcApi>::NAME,
+                AccountApiServer::<GrpcApi>::NAME,
+            ] {
                 reporter.set_service_status(service, status).await;
             }
             last = Some(status);

@@ -1,5 +1,7 @@
 //! The gRPC adapter: proto messages in, domain calls, proto messages out, and
-//! the ONE mapping from [`ServiceError`] to `tonic::Status`.
+//! the ONE mapping from [`ServiceError`] to `tonic::Status`. `AuthApi` is
+//! here; `AccountApi`, whose calls carry a bearer access token, is in
+//! `account.rs`; both are implemented by [`GrpcApi`].
 
 use std::future::Future;
 use std::sync::Arc;
@@ -9,11 +11,13 @@ use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 use tracing::Instrument as _;
 
+mod account;
 mod counted;
 
 pub use counted::{Counted, MALFORMED_FRAMING, UNKNOWN_METHOD};
 
 use crate::domain::FieldViolation;
+use crate::domain::UserAgent;
 use crate::observe::names;
 use crate::proto;
 use crate::proto::auth_api_server::AuthApi;
@@ -21,10 +25,10 @@ use crate::proto::{
     LoginRequest, LoginResponse, LogoutRequest, LogoutResponse, RefreshRequest, RefreshResponse,
     RegisterRequest, RegisterResponse,
 };
-use crate::service::{AuthService, LogoutScope, ServiceError};
+use crate::service::{AuthService, ClientInfo, LogoutScope, ServiceError};
 use crate::token::TokenPair;
 
-/// `AuthApi` over an [`AuthService`].
+/// `AuthApi` and `AccountApi` over an [`AuthService`].
 pub struct GrpcApi {
     service: Arc<AuthService>,
     client_address: ClientAddress,
@@ -103,9 +107,24 @@ impl GrpcApi {
             .resolve(fields, peer)
             .map(|ip| ip.to_string())
     }
+
+    /// What `request` tells of its client: the address [`Self::client`]
+    /// finds and the `user-agent` metadata, cleaned ([`UserAgent`]).
+    fn client_info<T>(&self, request: &Request<T>) -> ClientInfo {
+        ClientInfo {
+            address: self.client(request),
+            user_agent: (request.metadata().get("user-agent"))
+                .and_then(|value| UserAgent::from_header(value.as_bytes())),
+        }
+    }
 }
 
 const TOKEN_TYPE: &str = "Bearer";
+
+/// The message of every UNAUTHENTICATED answer to an AccountApi call whose
+/// credentials are missing, malformed or refused: one text, so the answer
+/// tells nothing of why.
+pub const INVALID_ACCESS_TOKEN: &str = "invalid or missing access token";
 
 #[tonic::async_trait]
 impl AuthApi for GrpcApi {
@@ -128,8 +147,12 @@ impl AuthApi for GrpcApi {
         request: Request<LoginRequest>,
     ) -> Result<Response<LoginResponse>, Status> {
         observed("Login", self.timeout, async {
-            let client = self.client(&request);
-            let LoginRequest { email, password } = request.into_inner();
+            let client = self.client_info(&request);
+            let LoginRequest {
+                email,
+                password,
+                device_name,
+            } = request.into_inner();
             let TokenPair {
                 access_token,
                 refresh_token,
@@ -137,7 +160,7 @@ impl AuthApi for GrpcApi {
                 refresh_expires_in,
             } = self
                 .service
-                .login(&email, &password, client.as_deref())
+                .login(&email, &password, &device_name, &client)
                 .await?;
             Ok(LoginResponse {
                 access_token,
@@ -155,9 +178,10 @@ impl AuthApi for GrpcApi {
         request: Request<RefreshRequest>,
     ) -> Result<Response<RefreshResponse>, Status> {
         observed("Refresh", self.timeout, async {
+            let client = self.client_info(&request);
             let pair = self
                 .service
-                .refresh(&request.into_inner().refresh_token)
+                .refresh(&request.into_inner().refresh_token, &client)
                 .await?;
             Ok(RefreshResponse {
                 access_token: pair.access_token,
@@ -272,6 +296,11 @@ pub fn to_status(error: ServiceError) -> Status {
             tracing::info!(reason = %why, "refresh token refused");
             Status::unauthenticated("invalid refresh token")
         }
+        ServiceError::InvalidAccessToken(why) => {
+            tracing::info!(reason = %why, "access token refused");
+            Status::unauthenticated(INVALID_ACCESS_TOKEN)
+        }
+        ServiceError::NotFound(what) => Status::not_found(format!("{what} not found")),
         // A hint: how long the queue takes to drain depends on the cost and
         // the load, so one second, then the client's own backoff.
         ServiceError::Busy => Status::with_error_details(

@@ -22,6 +22,15 @@ pub enum ServiceError {
     /// session revoked. The detail is for logs only.
     #[error("invalid refresh token: {0}")]
     InvalidToken(String),
+    /// UNAUTHENTICATED: an AccountApi call's credentials are missing,
+    /// malformed or refused (the token by the verifier's rules, or its
+    /// session not live). One answer for all; the detail is for logs only.
+    #[error("invalid access token: {0}")]
+    InvalidAccessToken(String),
+    /// NOT_FOUND: the named thing (`session`) is not there for this caller,
+    /// whether it never existed or is someone else's.
+    #[error("{0} not found")]
+    NotFound(&'static str),
     /// RESOURCE_EXHAUSTED with `google.rpc.RetryInfo`: too many failed
     /// logins for the account or the client within the window.
     #[error("too many failed logins")]
@@ -70,6 +79,14 @@ impl From<TokenError> for ServiceError {
             TokenError::Invalid(why) => Self::InvalidToken(why),
             TokenError::Sign(e) => Self::Internal(e.to_string()),
         }
+    }
+}
+
+/// The violation of `field` by a refused value, described by its error.
+pub(super) fn violation(field: &'static str, error: impl std::fmt::Display) -> FieldViolation {
+    FieldViolation {
+        field,
+        description: error.to_string(),
     }
 }
 

@@ -1,29 +1,37 @@
-//! Login: check the credentials under the throttle, start a session.
+//! Login: check the credentials under the throttle, start a session and
+//! write its `SessionStarted`, in one transaction.
 
 use chrono::Utc;
 
-use super::error::{email_violation, from_secs, password_violation};
-use super::{AuthService, ServiceError};
-use crate::domain::{Email, EmailError, PasswordAttempt, SessionId, TokenId};
+use super::error::{email_violation, from_secs, password_violation, violation};
+use super::{AuthService, ClientInfo, ServiceError};
+use crate::domain::{
+    DeviceName, Email, EmailError, PasswordAttempt, SessionId, SessionStarted, TokenId,
+};
 use crate::store;
 use crate::token::{TokenKind, TokenPair};
 
 impl AuthService {
-    /// Verifies the credentials and starts a session. An unknown email, an
-    /// email that cannot be valid and a wrong password all do one bcrypt
-    /// verification and give the same `InvalidCredentials`. The attempt is
-    /// throttled per account and per `client` address (see
-    /// [`super::throttle`]).
+    /// Verifies the credentials and starts a session, recording
+    /// `device_name` (optional, see [`DeviceName`]) and the `client`'s
+    /// user agent and address on it, and writes `SessionStarted` in the
+    /// same transaction. An unknown email, an email that cannot be valid
+    /// and a wrong password all do one bcrypt verification and give the
+    /// same `InvalidCredentials` ([`AuthService::check_password`], under
+    /// the throttle per account and per client address).
     ///
     /// # Errors
-    /// `InvalidArgument` (NUL or control characters), `InvalidCredentials`,
-    /// `Throttled`, `Busy`, `Unavailable`, `Internal`.
+    /// `InvalidArgument` (control characters in `email` or `password`; a
+    /// bad `device_name`), `InvalidCredentials` (also when the account was
+    /// deleted while this login ran), `Throttled`, `Busy`, `Unavailable`,
+    /// `Internal`.
     #[tracing::instrument(skip_all)]
     pub async fn login(
         &self,
         email: &str,
         password: &str,
-        client: Option<&str>,
+        device_name: &str,
+        client: &ClientInfo,
     ) -> Result<TokenPair, ServiceError> {
         let password = PasswordAttempt::parse(password)
             .map_err(|e| ServiceError::InvalidArgument(vec![password_violation(e)]))?;
@@ -38,66 +46,56 @@ impl AuthService {
             // as an unknown user.
             Err(_) => None,
         };
-        let account = email.as_ref().map(Email::as_str);
-        let (credentials, attempt) = {
-            let mut conn = self.pool.acquire().await?;
-            let attempt = self.throttle.begin(&mut conn, account, client).await?;
-            let credentials = match &email {
-                Some(email) => store::users::find_credentials(&mut conn, email).await?,
-                None => None,
-            };
-            (credentials, attempt)
-        };
-        let (user_id, stored) = match credentials {
-            Some(c) => (Some(c.id), Some(c.password_hash)),
-            None => (None, None),
-        };
-        let verified = match self.hasher.verify(password, stored).await {
-            Ok(verified) => verified,
-            Err(e) => {
-                // Refused before the password was checked (pool full): not a
-                // failure, so a busy server never locks anyone out.
-                attempt.take_back().await?;
-                return Err(e.into());
-            }
-        };
-        let user_id = match (verified.matched, user_id) {
-            (true, Some(user_id)) => user_id,
-            _ => {
-                attempt.failed();
-                return Err(ServiceError::InvalidCredentials);
-            }
-        };
-        // One connection for the rest; none was held during bcrypt.
-        let mut conn = self.pool.acquire().await?;
-        attempt.succeeded(&mut conn).await?;
-        if let Some(new_hash) = verified.upgraded_hash {
-            // The cost was raised since this hash was made: store the
-            // stronger one. A failure here must not fail the login.
-            if let Err(e) = store::users::set_password_hash(&mut conn, user_id, &new_hash).await {
-                tracing::warn!(%user_id, error = %e, "could not store the rehashed password");
-            }
-        }
+        // Before the throttle: a bad name is the client's bug, not a guess.
+        let device_name = DeviceName::parse(device_name)
+            .map_err(|e| ServiceError::InvalidArgument(vec![violation("device_name", e)]))?;
+        let user_id = self
+            .check_password(
+                email.as_ref().map(Email::as_str),
+                password,
+                client.address.as_deref(),
+            )
+            .await?;
 
         let session_id = SessionId::new_v7();
-        let iat = Utc::now().timestamp();
+        let now = Utc::now();
         let refresh = self.tokens.claims(
             TokenKind::Refresh,
             user_id,
             session_id,
             TokenId::new_random(),
-            iat,
+            now.timestamp(),
         );
-        let pair = self.tokens.pair(&refresh, iat)?;
-        store::sessions::insert(
-            &mut conn,
-            session_id,
-            user_id,
-            refresh.jti,
-            from_secs(refresh.iat)?,
-            from_secs(refresh.exp)?,
+        let pair = self.tokens.pair(&refresh, now.timestamp())?;
+        let started_at = from_secs(refresh.iat)?;
+        let mut tx = self.pool.begin().await?;
+        let inserted = store::sessions::insert(
+            &mut tx,
+            &store::sessions::NewSession {
+                id: session_id,
+                user_id,
+                jti: refresh.jti,
+                issued_at: started_at,
+                expires_at: from_secs(refresh.exp)?,
+                device_name: device_name.as_ref().map(DeviceName::as_str),
+                user_agent: client.user_agent.as_ref().map(|a| a.as_str()),
+                ip_address: client.address.as_deref(),
+            },
         )
         .await?;
+        if !inserted {
+            // DeleteAccount won the race: the account is gone.
+            tracing::info!(%user_id, "account deleted during login");
+            return Err(ServiceError::InvalidCredentials);
+        }
+        let event = SessionStarted::new(
+            user_id,
+            session_id,
+            device_name.as_ref().map(DeviceName::as_str),
+            started_at,
+        );
+        super::record(&mut tx, &event, started_at).await?;
+        tx.commit().await?;
         tracing::info!(%user_id, %session_id, "session started");
         Ok(pair)
     }

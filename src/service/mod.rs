@@ -1,12 +1,17 @@
 //! The use-cases and their rules, one file per group: `register.rs`,
-//! `login.rs`, `sessions.rs` (Refresh and Logout), each an
-//! `impl AuthService` block; the rules they share:
-//! [`throttle`] (login throttling) and [`rotation`] (refresh-token rotation
-//! and reuse detection, a pure function). One transaction per use-case; no
-//! tonic types in here: errors are [`ServiceError`], which `grpc.rs` maps to
-//! `tonic::Status` in one place. A new use-case is a new file here, an
-//! `impl AuthService` block of its own.
+//! `login.rs`, `sessions.rs` (Refresh and Logout), `account.rs` (the
+//! AccountApi calls), each an `impl AuthService` block; the rules they
+//! share: `credentials.rs` (the one password check, under the throttle),
+//! `access.rs` (who an AccountApi call acts for: [`Caller`]), [`throttle`]
+//! (login throttling) and [`rotation`] (refresh-token rotation and reuse
+//! detection, a pure function). One transaction per use-case, with the
+//! events of its change; no tonic types in here: errors are
+//! [`ServiceError`], which `grpc` maps to `tonic::Status` in one place. A
+//! new use-case is a new file here, an `impl AuthService` block of its own.
 
+mod access;
+mod account;
+mod credentials;
 mod error;
 mod login;
 mod register;
@@ -19,10 +24,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
+pub use access::Caller;
+pub use account::SessionPage;
 pub use error::ServiceError;
 pub use sessions::LogoutScope;
 
-use crate::domain::{USER_AGGREGATE, UserEvent};
+use crate::domain::{USER_AGGREGATE, UserAgent, UserEvent};
 use crate::password::PasswordHasher;
 use crate::store;
 use crate::token::TokenService;
@@ -57,6 +64,18 @@ impl AuthService {
             reuse_grace: chrono::Duration::from_std(reuse_grace).unwrap_or(chrono::Duration::MAX),
         }
     }
+}
+
+/// What the transport knows of the client making a call: its address for
+/// throttling, and what a session it starts or refreshes records.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientInfo {
+    /// The client address as login throttling keys it (the TCP peer, or the
+    /// trusted proxy's entry of the forwarding header), canonical text;
+    /// `None` when unknown.
+    pub address: Option<String>,
+    /// The cleaned `user-agent` metadata; `None` when none was sent.
+    pub user_agent: Option<UserAgent>,
 }
 
 /// Writes `event`, which happened at `at`, to the outbox on `conn`: call it

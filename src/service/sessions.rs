@@ -5,9 +5,9 @@ use chrono::Utc;
 
 use super::error::from_secs;
 use super::rotation::{self, Decision};
-use super::{AuthService, ServiceError};
-use crate::domain::{FieldViolation, TokenId};
-use crate::store::{self, sessions::RevokeReason};
+use super::{AuthService, ClientInfo, ServiceError};
+use crate::domain::{FieldViolation, RevokeReason, SessionRevoked, TokenId};
+use crate::store;
 use crate::token::{Claims, TokenKind, TokenPair};
 
 /// Which sessions Logout ends.
@@ -24,15 +24,22 @@ pub enum LogoutScope {
 impl AuthService {
     /// Rotates a refresh token (RFC 9700 §4.14.2) as [`rotation::decide`]
     /// says, with the session row locked so concurrent refreshes of one
-    /// session are serialised: a new pair; the session's current refresh
-    /// token again (re-minted, identical) with a new access token; or, on
-    /// reuse, the session revoked and the token refused.
+    /// session are serialised: a new pair, the session now recording this
+    /// `client`'s user agent and address and the refresh time; the
+    /// session's current refresh token again (re-minted, identical) with a
+    /// new access token; or, on reuse, the session revoked with its
+    /// `SessionRevoked` (`reuse_detected`) in the same transaction, and the
+    /// token refused.
     ///
     /// # Errors
     /// `InvalidArgument` (empty token), `InvalidToken`, `Unavailable`,
     /// `Internal`.
     #[tracing::instrument(skip_all)]
-    pub async fn refresh(&self, refresh_token: &str) -> Result<TokenPair, ServiceError> {
+    pub async fn refresh(
+        &self,
+        refresh_token: &str,
+        client: &ClientInfo,
+    ) -> Result<TokenPair, ServiceError> {
         let claims = self.verify_refresh(refresh_token)?;
         let mut tx = self.pool.begin().await?;
         let session = store::sessions::lock(&mut tx, claims.sid).await?;
@@ -49,11 +56,15 @@ impl AuthService {
                 let pair = self.tokens.pair(&refresh, now.timestamp())?;
                 store::sessions::rotate(
                     &mut tx,
-                    session.id,
-                    refresh.jti,
-                    now,
-                    from_secs(refresh.iat)?,
-                    from_secs(refresh.exp)?,
+                    &store::sessions::Rotation {
+                        id: session.id,
+                        new_jti: refresh.jti,
+                        rotated_at: now,
+                        issued_at: from_secs(refresh.iat)?,
+                        expires_at: from_secs(refresh.exp)?,
+                        user_agent: client.user_agent.as_ref().map(|a| a.as_str()),
+                        ip_address: client.address.as_deref(),
+                    },
                 )
                 .await?;
                 tx.commit().await?;
@@ -70,14 +81,14 @@ impl AuthService {
                 Ok(self.tokens.pair(&current, now.timestamp())?)
             }
             Decision::Reuse(session) => {
-                store::sessions::revoke(
-                    &mut tx,
-                    session.id,
-                    session.user_id,
-                    RevokeReason::RefreshTokenReuse,
-                    now,
-                )
-                .await?;
+                let reason = RevokeReason::ReuseDetected;
+                // The row is locked and live (decide saw it), so this ends it.
+                if store::sessions::revoke(&mut tx, session.id, session.user_id, reason, now)
+                    .await?
+                {
+                    let event = SessionRevoked::new(session.user_id, session.id, reason, now);
+                    super::record(&mut tx, &event, now).await?;
+                }
                 tx.commit().await?;
                 tracing::warn!(session_id = %session.id, user_id = %session.user_id,
                     "retired refresh token reused; session revoked");
@@ -89,11 +100,14 @@ impl AuthService {
         }
     }
 
-    /// Ends sessions of the refresh token's user. With
-    /// [`LogoutScope::Session`] any authentic token of the session works,
-    /// retired ones included, and a session already revoked is fine
-    /// (idempotent). [`LogoutScope::All`] and [`LogoutScope::Others`] reach
-    /// beyond the token's session, so they need that session to be live.
+    /// Ends sessions of the refresh token's user, with one `SessionRevoked`
+    /// per session this call actually ended (reason `logout`, `logout_all`
+    /// or `logout_others`), in the same transaction; none for a session
+    /// that was already revoked. With [`LogoutScope::Session`] any
+    /// authentic token of the session works, retired ones included, and a
+    /// session already revoked is fine (idempotent). [`LogoutScope::All`]
+    /// and [`LogoutScope::Others`] reach beyond the token's session, so
+    /// they need that session to be live.
     ///
     /// # Errors
     /// `InvalidArgument` (empty token), `InvalidToken` (forged, expired or
@@ -107,38 +121,35 @@ impl AuthService {
     ) -> Result<(), ServiceError> {
         let claims = self.verify_refresh(refresh_token)?;
         let now = Utc::now();
-        let revoked = match scope {
-            LogoutScope::Session => u64::from(
-                store::sessions::revoke(
-                    &mut *self.pool.acquire().await?,
-                    claims.sid,
-                    claims.sub,
-                    RevokeReason::Logout,
-                    now,
-                )
-                .await?,
-            ),
+        let mut tx = self.pool.begin().await?;
+        let (ended, reason) = match scope {
+            LogoutScope::Session => {
+                let reason = RevokeReason::Logout;
+                let ended =
+                    store::sessions::revoke(&mut tx, claims.sid, claims.sub, reason, now).await?;
+                (if ended { vec![claims.sid] } else { Vec::new() }, reason)
+            }
             LogoutScope::All | LogoutScope::Others => {
-                // One transaction, the user's sessions locked: two "others"
-                // calls from two sessions cannot each end the other's.
-                let mut tx = self.pool.begin().await?;
+                // The user's sessions locked: two "others" calls from two
+                // sessions cannot each end the other's.
                 if !store::sessions::lock_user_sessions(&mut tx, claims.sid, claims.sub).await? {
                     return Err(ServiceError::InvalidToken("session revoked".into()));
                 }
-                let keep = (scope == LogoutScope::Others).then_some(claims.sid);
-                let revoked = store::sessions::revoke_all(
-                    &mut tx,
-                    claims.sub,
-                    keep,
-                    RevokeReason::Logout,
-                    now,
-                )
-                .await?;
-                tx.commit().await?;
-                revoked
+                let (keep, reason) = match scope {
+                    LogoutScope::Others => (Some(claims.sid), RevokeReason::LogoutOthers),
+                    _ => (None, RevokeReason::LogoutAll),
+                };
+                let ended =
+                    store::sessions::revoke_all(&mut tx, claims.sub, keep, reason, now).await?;
+                (ended, reason)
             }
         };
-        tracing::info!(session_id = %claims.sid, revoked, "logout");
+        for &session_id in &ended {
+            let event = SessionRevoked::new(claims.sub, session_id, reason, now);
+            super::record(&mut tx, &event, now).await?;
+        }
+        tx.commit().await?;
+        tracing::info!(session_id = %claims.sid, revoked = ended.len(), "logout");
         Ok(())
     }
 

@@ -265,38 +265,179 @@ impl UserEvent for UserDeleted {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+
     use super::*;
 
-    /// The payload matches the published JSON Schema: every required field
-    /// present, of its type and format, and nothing the schema lacks.
+    /// Every reason, each checked against the schema.
+    fn every_reason() -> [RevokeReason; 6] {
+        use RevokeReason as R;
+        // The match is exhaustive on purpose: a new reason does not compile
+        // until it is named here, a reminder to list it and document it.
+        [
+            R::Logout,
+            R::LogoutAll,
+            R::LogoutOthers,
+            R::RevokedByUser,
+            R::ReuseDetected,
+            R::PasswordChanged,
+        ]
+        .map(|reason| match reason {
+            R::Logout
+            | R::LogoutAll
+            | R::LogoutOthers
+            | R::RevokedByUser
+            | R::ReuseDetected
+            | R::PasswordChanged => reason,
+        })
+    }
+
+    /// One serialized payload of every event type (and of every variant of
+    /// the fields that vary: a device name or none, each revoke reason),
+    /// with the schema it is published under.
+    fn every_payload() -> Vec<(&'static str, &'static str, Value)> {
+        fn json(event: impl UserEvent) -> Value {
+            serde_json::to_value(event).unwrap()
+        }
+        let (user, session, now) = (UserId::new_v7(), SessionId::new_v7(), Utc::now());
+        let email = Email::parse("alice@example.com").unwrap();
+        let mut payloads = vec![
+            (
+                UserRegistered::EVENT_TYPE,
+                include_str!("../../docs/schemas/user-registered.v1.schema.json"),
+                json(UserRegistered::new(user, &email, now)),
+            ),
+            (
+                SessionStarted::EVENT_TYPE,
+                include_str!("../../docs/schemas/session-started.v1.schema.json"),
+                json(SessionStarted::new(
+                    user,
+                    session,
+                    Some("Alice's phone"),
+                    now,
+                )),
+            ),
+            (
+                SessionStarted::EVENT_TYPE,
+                include_str!("../../docs/schemas/session-started.v1.schema.json"),
+                json(SessionStarted::new(user, session, None, now)),
+            ),
+            (
+                PasswordChanged::EVENT_TYPE,
+                include_str!("../../docs/schemas/password-changed.v1.schema.json"),
+                json(PasswordChanged::new(user, now)),
+            ),
+            (
+                UserDeleted::EVENT_TYPE,
+                include_str!("../../docs/schemas/user-deleted.v1.schema.json"),
+                json(UserDeleted::new(user, now)),
+            ),
+        ];
+        for reason in every_reason() {
+            payloads.push((
+                SessionRevoked::EVENT_TYPE,
+                include_str!("../../docs/schemas/session-revoked.v1.schema.json"),
+                json(SessionRevoked::new(user, session, reason, now)),
+            ));
+        }
+        payloads
+    }
+
+    /// Whether `value` is of the JSON Schema `type` named `name`.
+    fn is_of_type(value: &Value, name: &str) -> bool {
+        match name {
+            "string" => value.is_string(),
+            "null" => value.is_null(),
+            "integer" => value.is_i64() || value.is_u64(),
+            "number" => value.is_number(),
+            "boolean" => value.is_boolean(),
+            "object" => value.is_object(),
+            "array" => value.is_array(),
+            other => panic!("type {other} unknown to this test"),
+        }
+    }
+
+    /// Every payload matches its published JSON Schema: titled by its
+    /// `ce_type`, every required field present, each field of its type,
+    /// format and enum, and no field the schema lacks (nor a property the
+    /// event never sends), so docs/schemas cannot drift from the code.
     #[test]
     fn payload_follows_the_published_schema() {
-        let schema: serde_json::Value = serde_json::from_str(include_str!(
-            "../../docs/schemas/user-registered.v1.schema.json"
+        for (event_type, schema, payload) in every_payload() {
+            let schema: Value = serde_json::from_str(schema).unwrap();
+            assert_eq!(schema["title"], event_type, "schema of {event_type}");
+            let payload = payload.as_object().unwrap();
+            let properties = schema["properties"].as_object().unwrap();
+            for field in schema["required"].as_array().unwrap() {
+                let field = field.as_str().unwrap();
+                assert!(payload.contains_key(field), "{event_type}.{field} missing");
+            }
+            for field in properties.keys() {
+                assert!(
+                    payload.contains_key(field),
+                    "{event_type}.{field} in the schema but never sent"
+                );
+            }
+            for (field, value) in payload {
+                let spec = properties
+                    .get(field)
+                    .unwrap_or_else(|| panic!("{event_type}.{field} not in the schema"));
+                let types: Vec<&str> = match &spec["type"] {
+                    Value::String(name) => vec![name.as_str()],
+                    Value::Array(names) => names.iter().map(|n| n.as_str().unwrap()).collect(),
+                    other => panic!("{event_type}.{field}: type {other}"),
+                };
+                assert!(
+                    types.iter().any(|name| is_of_type(value, name)),
+                    "{event_type}.{field} = {value} is not {types:?}"
+                );
+                if let Some(max) = spec["maxLength"].as_u64() {
+                    let chars = value.as_str().map_or(0, |text| text.chars().count());
+                    assert!(chars as u64 <= max, "{event_type}.{field} too long");
+                }
+                if let Some(allowed) = spec["enum"].as_array() {
+                    assert!(
+                        allowed.contains(value),
+                        "{event_type}.{field} = {value} not in {allowed:?}"
+                    );
+                }
+                let Some(text) = value.as_str() else {
+                    continue;
+                };
+                match spec["format"].as_str() {
+                    Some("uuid") => {
+                        assert!(Uuid::parse_str(text).is_ok(), "{event_type}.{field}");
+                    }
+                    Some("date-time") => assert!(
+                        DateTime::parse_from_rfc3339(text).is_ok(),
+                        "{event_type}.{field}"
+                    ),
+                    None => {}
+                    Some(other) => panic!("format {other} unknown to this test"),
+                }
+            }
+        }
+    }
+
+    /// The schema's reasons are exactly the code's, spelt as the event and
+    /// the `sessions.revoke_reason` column spell them.
+    #[test]
+    fn revoke_reasons_are_the_schemas() {
+        let schema: Value = serde_json::from_str(include_str!(
+            "../../docs/schemas/session-revoked.v1.schema.json"
         ))
         .unwrap();
-        let email = Email::parse("alice@example.com").unwrap();
-        let payload =
-            serde_json::to_value(UserRegistered::new(UserId::new_v7(), &email, Utc::now()))
-                .unwrap();
-        let properties = schema["properties"].as_object().unwrap();
-        for field in schema["required"].as_array().unwrap() {
-            let field = field.as_str().unwrap();
-            assert!(
-                payload[field].is_string(),
-                "{field} missing or not a string"
-            );
-        }
-        for (field, value) in payload.as_object().unwrap() {
-            let spec = properties
-                .get(field)
-                .unwrap_or_else(|| panic!("{field} not in the schema"));
-            let text = value.as_str().unwrap();
-            match spec["format"].as_str() {
-                Some("uuid") => assert!(Uuid::parse_str(text).is_ok(), "{field}"),
-                Some("date-time") => assert!(DateTime::parse_from_rfc3339(text).is_ok(), "{field}"),
-                _ => {}
-            }
+        let documented: Vec<&str> = schema["properties"]["reason"]["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        let reasons = every_reason();
+        let spelt: Vec<&str> = reasons.iter().map(|r| r.as_str()).collect();
+        assert_eq!(documented, spelt);
+        for reason in reasons {
+            assert_eq!(serde_json::to_value(reason).unwrap(), reason.as_str());
         }
     }
 }

@@ -1,12 +1,15 @@
 //! An example downstream consumer of RealChat Auth events: the Profile
-//! service creates one profile row per `UserRegistered` event.
+//! service creates one profile row per `UserRegistered` event and deletes it
+//! on the user's `UserDeleted`, because a deleted account's personal data
+//! must not outlive it downstream. Every other event type is skipped.
 //!
 //! Delivery is at-least-once, so the consumer is idempotent with an inbox:
-//! the event id (`ce_id`) is stored in the same transaction as the profile,
-//! and an event whose id is already in the inbox changes nothing. Offsets
-//! are committed only after the database transaction committed, so a crash
-//! in between means redelivery, never loss. See docs/events.md for the event
-//! contract.
+//! the event id (`ce_id`) is stored in the same transaction as the profile
+//! change, and an event whose id is already in the inbox changes nothing, so
+//! a `UserRegistered` redelivered after its `UserDeleted` does not bring the
+//! profile back. Offsets are committed only after the database transaction
+//! committed, so a crash in between means redelivery, never loss. See
+//! docs/events.md for the event contract.
 
 use std::future::Future;
 use std::time::Duration;
@@ -59,14 +62,58 @@ struct UserRegistered {
     registered_at: DateTime<Utc>,
 }
 
+/// The `UserDeleted` payload fields this consumer reads.
+#[derive(Debug, Deserialize)]
+struct UserDeleted {
+    event_id: Uuid,
+    user_id: Uuid,
+}
+
+/// The events this consumer acts on.
+#[derive(Debug)]
+enum Event {
+    Registered(UserRegistered),
+    Deleted(UserDeleted),
+}
+
+impl Event {
+    /// The event of type `ce_type` in `payload`; `None` for a type this
+    /// consumer does not act on.
+    fn parse(ce_type: &str, payload: &[u8]) -> Option<serde_json::Result<Self>> {
+        Some(match ce_type {
+            "UserRegistered" => serde_json::from_slice(payload).map(Self::Registered),
+            "UserDeleted" => serde_json::from_slice(payload).map(Self::Deleted),
+            _ => return None,
+        })
+    }
+
+    fn event_id(&self) -> Uuid {
+        match self {
+            Self::Registered(event) => event.event_id,
+            Self::Deleted(event) => event.event_id,
+        }
+    }
+
+    /// The `ce_type`, as the inbox records it.
+    fn event_type(&self) -> &'static str {
+        match self {
+            Self::Registered(_) => "UserRegistered",
+            Self::Deleted(_) => "UserDeleted",
+        }
+    }
+}
+
 /// What became of one message.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// A new event: the profile was created.
+    /// A new `UserRegistered`: the profile was created.
     Created,
+    /// A new `UserDeleted`: the profile, if there was one, was deleted.
+    Deleted,
     /// An event already in the inbox: nothing changed.
     Duplicate,
-    /// Not a `UserRegistered` event, or unreadable: skipped (logged).
+    /// An event type this consumer does not act on, or unreadable: skipped
+    /// (logged).
     Skipped,
 }
 
@@ -124,7 +171,8 @@ pub async fn run(config: ProfileConfig, shutdown: impl Future<Output = ()>) -> a
     Ok(())
 }
 
-/// Handles one message in one transaction: inbox row, then profile.
+/// Handles one message in one transaction: inbox row, then the profile
+/// change.
 async fn handle(pool: &PgPool, message: &BorrowedMessage<'_>) -> anyhow::Result<Outcome> {
     let ce_type = message.headers().and_then(|headers| {
         headers
@@ -133,41 +181,54 @@ async fn handle(pool: &PgPool, message: &BorrowedMessage<'_>) -> anyhow::Result<
             .and_then(|h| h.value)
             .map(|v| String::from_utf8_lossy(v).into_owned())
     });
-    if ce_type.as_deref() != Some("UserRegistered") {
-        tracing::warn!(?ce_type, "not a UserRegistered event; skipped");
-        return Ok(Outcome::Skipped);
-    }
-    let event: UserRegistered = match message.payload().map(serde_json::from_slice) {
+    let parsed = ce_type
+        .as_deref()
+        .and_then(|ce_type| Event::parse(ce_type, message.payload().unwrap_or_default()));
+    let event = match parsed {
         Some(Ok(event)) => event,
-        other => {
-            tracing::warn!(error = ?other.map(|r| r.err()), "unreadable payload; skipped");
+        Some(Err(error)) => {
+            tracing::warn!(?ce_type, %error, "unreadable payload; skipped");
+            return Ok(Outcome::Skipped);
+        }
+        None => {
+            tracing::debug!(?ce_type, "an event this consumer does not act on; skipped");
             return Ok(Outcome::Skipped);
         }
     };
     let mut tx = pool.begin().await?;
     let first: bool = sqlx::query_scalar(
-        "INSERT INTO inbox (event_id, event_type) VALUES ($1, 'UserRegistered')
+        "INSERT INTO inbox (event_id, event_type) VALUES ($1, $2)
          ON CONFLICT (event_id) DO UPDATE SET deliveries = inbox.deliveries + 1
          RETURNING deliveries = 1",
     )
-    .bind(event.event_id)
+    .bind(event.event_id())
+    .bind(event.event_type())
     .fetch_one(&mut *tx)
     .await?;
-    if first {
-        sqlx::query(
-            "INSERT INTO profiles (user_id, email, created_at) VALUES ($1, $2, $3)
-             ON CONFLICT (user_id) DO NOTHING",
-        )
-        .bind(event.user_id)
-        .bind(&event.email)
-        .bind(event.registered_at)
-        .execute(&mut *tx)
-        .await?;
-    }
+    let outcome = match (&event, first) {
+        (_, false) => Outcome::Duplicate,
+        (Event::Registered(event), true) => {
+            sqlx::query(
+                "INSERT INTO profiles (user_id, email, created_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (user_id) DO NOTHING",
+            )
+            .bind(event.user_id)
+            .bind(&event.email)
+            .bind(event.registered_at)
+            .execute(&mut *tx)
+            .await?;
+            Outcome::Created
+        }
+        (Event::Deleted(event), true) => {
+            // No profile (its UserRegistered aged out of the topic before
+            // this consumer started) is fine: there is nothing to erase.
+            sqlx::query("DELETE FROM profiles WHERE user_id = $1")
+                .bind(event.user_id)
+                .execute(&mut *tx)
+                .await?;
+            Outcome::Deleted
+        }
+    };
     tx.commit().await?;
-    Ok(if first {
-        Outcome::Created
-    } else {
-        Outcome::Duplicate
-    })
+    Ok(outcome)
 }

@@ -296,10 +296,11 @@ async fn watch_database(pool: PgPool, reporter: tonic_health::server::HealthRepo
         };
         if last != Some(status) {
             tracing::info!(?status, "health status");
+            // AuthApi last: whoever sees its new status sees the others'.
             for service in [
                 "",
-                AuthApiServer::<GrpcApi>::NAME,
                 AccountApiServer::<GrpcApi>::NAME,
+                AuthApiServer::<GrpcApi>::NAME,
             ] {
                 reporter.set_service_status(service, status).await;
             }

@@ -212,6 +212,7 @@ impl Client for LoginClient {
         let request = LoginRequest {
             email: self.email.clone(),
             password: PASSWORD.to_owned(),
+            ..Default::default()
         };
         self.client.login(request).await.map(drop)
     }
@@ -231,6 +232,7 @@ impl RefreshClient {
             .login(LoginRequest {
                 email,
                 password: PASSWORD.to_owned(),
+                ..Default::default()
             })
             .await?
             .into_inner();

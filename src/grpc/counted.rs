@@ -223,6 +223,36 @@ mod tests {
     }
 
     #[test]
+    fn account_api_methods_are_labelled_by_their_own_service() {
+        use crate::proto::account_api_server::AccountApiServer;
+        let service = <AccountApiServer<GrpcApi> as tonic::server::NamedService>::NAME;
+        assert_eq!(service, "realchat.auth.v1.AccountApi");
+        assert_eq!(
+            DECLARED_METHODS.get(service).map(Vec::as_slice),
+            Some(
+                [
+                    "GetAccount",
+                    "ListSessions",
+                    "RevokeSession",
+                    "ChangePassword",
+                    "DeleteAccount"
+                ]
+                .map(String::from)
+                .as_slice()
+            )
+        );
+        assert_eq!(
+            declared_method(service, "/realchat.auth.v1.AccountApi/ListSessions"),
+            Some("ListSessions")
+        );
+        // A method of the other service is not one of this one's.
+        assert_eq!(
+            declared_method(service, "/realchat.auth.v1.AccountApi/Login"),
+            None
+        );
+    }
+
+    #[test]
     fn tonic_framing_errors_become_invalid_argument_and_ours_stay_internal() {
         for tonic in [
             "protocol error: received message with compressed-flag but no grpc-encoding was specified",

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use realchat_auth::config::Config;
+use realchat_auth::proto::account_api_client::AccountApiClient;
 use realchat_auth::proto::auth_api_client::AuthApiClient;
 use realchat_auth::proto::{LoginRequest, LoginResponse, RegisterRequest};
 use realchat_auth::startup::Application;
@@ -36,6 +37,9 @@ pub struct TestApp {
     pub http_addr: SocketAddr,
     /// A client on one shared connection.
     pub client: AuthApiClient<Channel>,
+    /// An AccountApi client on the same connection; its calls carry
+    /// [`bearer`] credentials.
+    pub account: AccountApiClient<Channel>,
     /// The test database, for direct checks.
     pub pool: PgPool,
     /// The test database's URL.
@@ -67,14 +71,19 @@ impl TestApp {
         let server = tokio::spawn(app.run_until(async {
             let _ = stopped.await;
         }));
-        let client = AuthApiClient::connect(format!("http://{addr}"))
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
             .await
             .expect("connect gRPC client");
+        let client = AuthApiClient::new(channel.clone());
+        let account = AccountApiClient::new(channel);
         let pool = PgPool::connect(&database_url).await.expect("test pool");
         Self {
             addr,
             http_addr,
             client,
+            account,
             pool,
             database_url,
             stop: Some(stop),
@@ -121,6 +130,7 @@ impl TestApp {
             .login(LoginRequest {
                 email: email.into(),
                 password: password.into(),
+                ..Default::default()
             })
             .await
             .expect("login")
@@ -154,4 +164,15 @@ impl TestApp {
             server.await.expect("server task").expect("server result");
         }
     }
+}
+
+/// `message` as a request carrying `access_token` as an AccountApi call
+/// does: `authorization: Bearer <access token>` (RFC 6750 §2.1).
+pub fn bearer<T>(message: T, access_token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {access_token}").parse().unwrap(),
+    );
+    request
 }

@@ -37,14 +37,18 @@ async fn wait_health(app: &TestApp, want: ServingStatus) {
         }
     })
     .await;
-    // The whole server ("") says the same.
-    let overall = health
-        .check(HealthCheckRequest { service: "".into() })
-        .await
-        .unwrap()
-        .into_inner()
-        .status;
-    assert_eq!(overall, want as i32);
+    // The whole server ("") and AccountApi say the same.
+    for service in ["", "realchat.auth.v1.AccountApi"] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(status, want as i32, "{service:?}");
+    }
 }
 
 #[tokio::test]
@@ -70,6 +74,7 @@ async fn database_down_is_unavailable_and_recovers() {
             .login(LoginRequest {
                 email: "up@example.com".into(),
                 password: "a good password".into(),
+                ..Default::default()
             })
             .await,
         Code::Unavailable,
@@ -114,7 +119,11 @@ async fn reflection_lists_the_services() {
         panic!("unexpected reflection response: {response:?}");
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    for service in ["realchat.auth.v1.AuthApi", "grpc.health.v1.Health"] {
+    for service in [
+        "realchat.auth.v1.AuthApi",
+        "realchat.auth.v1.AccountApi",
+        "grpc.health.v1.Health",
+    ] {
         assert!(
             names.iter().any(|n| n == service),
             "{service} missing from {names:?}"

@@ -5,7 +5,11 @@
 //! A new case is one more row in `cases()`.
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use realchat_auth::proto::{LoginRequest, LogoutRequest, RefreshRequest, RegisterRequest};
+use realchat_auth::proto::{
+    ChangePasswordRequest, DeleteAccountRequest, GetAccountRequest, ListSessionsRequest,
+    LoginRequest, LogoutRequest, LogoutScope, RefreshRequest, RegisterRequest,
+    RevokeSessionRequest,
+};
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
@@ -19,13 +23,31 @@ use realchat_testkit::keys::write_key_file;
 #[derive(Clone)]
 enum Call {
     Register(String, String),
-    Login(String, String),
+    /// Email, password, device name.
+    Login(String, String, String),
     Refresh(String),
     Logout(String),
+    /// An AccountApi call with these `authorization` field values, in
+    /// order (none: no such field).
+    Account(Vec<Vec<u8>>, AccountCall),
     /// A raw protobuf body for the method (`Register`, `Login`, …).
     Raw(&'static str, Vec<u8>),
     /// A whole request body for the method, gRPC framing included.
     Framed(&'static str, Vec<u8>),
+}
+
+/// The AccountApi request of a [`Call::Account`].
+#[derive(Clone)]
+enum AccountCall {
+    GetAccount,
+    /// Page size, page token.
+    ListSessions(i32, String),
+    /// Session id.
+    RevokeSession(String),
+    /// Current password, new password.
+    ChangePassword(String, String),
+    /// Password.
+    DeleteAccount(String),
 }
 
 struct Case {
@@ -47,18 +69,49 @@ fn register(email: impl Into<String>, password: impl Into<String>) -> Call {
 }
 
 fn login(email: impl Into<String>, password: impl Into<String>) -> Call {
-    Call::Login(email.into(), password.into())
+    Call::Login(email.into(), password.into(), String::new())
+}
+
+/// A Login of the suite's user with this device name.
+fn login_device(device_name: impl Into<String>) -> Call {
+    Call::Login(
+        "newbie@example.com".into(),
+        "newbie's password".into(),
+        device_name.into(),
+    )
+}
+
+/// `call` with `authorization: Bearer <token>`.
+fn with_bearer(token: &str, call: AccountCall) -> Call {
+    Call::Account(vec![format!("Bearer {token}").into_bytes()], call)
 }
 
 /// Tokens for the token rows: (name, token), all to be refused.
 struct Tokens {
+    /// Bad refresh tokens, for Refresh and Logout.
     bad: Vec<(String, String)>,
+    /// Bad access tokens, as bearer credentials of AccountApi calls: the
+    /// same variants of a real access token, plus the tokens of a revoked
+    /// session and of a deleted account.
+    bad_access: Vec<(String, String)>,
+    /// A good access token of the suite's user, for the field rows.
+    access: String,
 }
 
 /// Forged, truncated, re-signed, expired, not-yet-valid, wrong-typ,
-/// wrong-aud, alg-none and unknown-kid variants of a real refresh token,
-/// signed where it matters with the server's own key.
-fn bad_tokens(refresh: &str, access: &str, kid: &str, our_key: &[u8]) -> Tokens {
+/// wrong-aud, alg-none and unknown-kid variants of a real token of `typ`
+/// (`token`; `other` is a real token of the other kind, and `other_typ` its
+/// typ), signed where it matters with the server's own key.
+fn bad_tokens(
+    token: &str,
+    typ: &str,
+    other: &str,
+    other_typ: &str,
+    kid: &str,
+    our_key: &[u8],
+) -> Vec<(String, String)> {
+    let refresh = token;
+    let access = other;
     let claims = parts(refresh).1;
     let now = chrono::Utc::now().timestamp();
     let ours = EncodingKey::from_ed_der(our_key);
@@ -77,7 +130,7 @@ fn bad_tokens(refresh: &str, access: &str, kid: &str, our_key: &[u8]) -> Tokens 
         h.kid = kid.map(str::to_owned);
         jsonwebtoken::encode(&h, &c, key).unwrap()
     };
-    let rt = Some("rt+jwt");
+    let rt = Some(typ);
     let k = Some(kid);
     let same = |_: &mut serde_json::Value| {};
     let mut bad = vec![
@@ -98,8 +151,8 @@ fn bad_tokens(refresh: &str, access: &str, kid: &str, our_key: &[u8]) -> Tokens 
             sign(Algorithm::EdDSA, Some("JWT"), k, &ours, &same),
         ),
         (
-            "typ at+jwt".into(),
-            sign(Algorithm::EdDSA, Some("at+jwt"), k, &ours, &same),
+            format!("typ {other_typ}"),
+            sign(Algorithm::EdDSA, Some(other_typ), k, &ours, &same),
         ),
         (
             "no typ".into(),
@@ -205,7 +258,7 @@ fn bad_tokens(refresh: &str, access: &str, kid: &str, our_key: &[u8]) -> Tokens 
                 c["sub"] = uuid::Uuid::new_v4().to_string().into();
             }),
         ),
-        ("access token".into(), access.to_owned()),
+        (format!("{other_typ} token"), access.to_owned()),
         ("garbage".into(), "garbage".into()),
         ("three dots".into(), "...".into()),
         ("whitespace".into(), "   ".into()),
@@ -214,11 +267,9 @@ fn bad_tokens(refresh: &str, access: &str, kid: &str, our_key: &[u8]) -> Tokens 
     ];
     let header = refresh.split('.').next().unwrap();
     let sig = refresh.rsplit('.').next().unwrap();
-    let alg_none = format!(
-        "{}.{}.",
-        b64(br#"{"alg":"none","typ":"rt+jwt"}"#),
-        b64_json(&claims)
-    );
+    let none_header = serde_json::json!({"alg": "none", "typ": typ});
+    let none_upper = serde_json::json!({"alg": "None", "typ": typ});
+    let alg_none = format!("{}.{}.", b64_json(&none_header), b64_json(&claims));
     let mut changed = claims.clone();
     changed["exp"] = (now + 10 * 365 * 86_400).into();
     bad.extend([
@@ -229,10 +280,7 @@ fn bad_tokens(refresh: &str, access: &str, kid: &str, our_key: &[u8]) -> Tokens 
         ),
         (
             "alg None".into(),
-            alg_none.replace(
-                &b64(br#"{"alg":"none","typ":"rt+jwt"}"#),
-                &b64(br#"{"alg":"None","typ":"rt+jwt"}"#),
-            ),
+            alg_none.replace(&b64_json(&none_header), &b64_json(&none_upper)),
         ),
         (
             "changed payload".into(),
@@ -260,7 +308,7 @@ fn bad_tokens(refresh: &str, access: &str, kid: &str, our_key: &[u8]) -> Tokens 
         ("trailing newline".into(), format!("{refresh}\n")),
         ("invalid base64".into(), format!("{header}.!!!.{sig}")),
     ]);
-    Tokens { bad }
+    bad
 }
 
 fn cases(tokens: &Tokens) -> Vec<Case> {
@@ -532,6 +580,7 @@ fn cases(tokens: &Tokens) -> Vec<Case> {
             logout,
         ));
     }
+    account_rows(&mut rows, tokens);
     rows.push(case(
         "refresh empty",
         Call::Refresh(String::new()),
@@ -543,7 +592,18 @@ fn cases(tokens: &Tokens) -> Vec<Case> {
         InvalidArgument,
     ));
     // Raw frames: invalid UTF-8, truncation, wrong wire types, bad tags.
-    for method in ["Register", "Login", "Refresh", "Logout"] {
+    // AccountApi decodes the body before it reads the credentials, so none
+    // are needed for these answers.
+    for method in [
+        "Register",
+        "Login",
+        "Refresh",
+        "Logout",
+        // Their field 1 is a string, as the rows assume.
+        "AccountApi/RevokeSession",
+        "AccountApi/ChangePassword",
+        "AccountApi/DeleteAccount",
+    ] {
         for (name, body) in [
             ("invalid UTF-8 in field 1", vec![0x0a, 0x02, 0xff, 0xfe]),
             (
@@ -575,6 +635,261 @@ fn cases(tokens: &Tokens) -> Vec<Case> {
     rows
 }
 
+/// The AccountApi rows: every bad credential on every call, then bad
+/// fields under good credentials; and Login's device names.
+fn account_rows(rows: &mut Vec<Case>, tokens: &Tokens) {
+    use Code::*;
+    let calls = [
+        ("GetAccount", AccountCall::GetAccount),
+        ("ListSessions", AccountCall::ListSessions(0, String::new())),
+        (
+            "RevokeSession",
+            AccountCall::RevokeSession(uuid::Uuid::now_v7().to_string()),
+        ),
+        (
+            "ChangePassword",
+            AccountCall::ChangePassword("newbie's password".into(), "a new password".into()),
+        ),
+        (
+            "DeleteAccount",
+            AccountCall::DeleteAccount("newbie's password".into()),
+        ),
+    ];
+    let good = format!("Bearer {}", tokens.access).into_bytes();
+    let mut credentials: Vec<(String, Vec<Vec<u8>>)> = vec![
+        ("missing".into(), vec![]),
+        ("empty".into(), vec![Vec::new()]),
+        ("Bearer alone".into(), vec![b"Bearer".to_vec()]),
+        ("Bearer and a space".into(), vec![b"Bearer ".to_vec()]),
+        ("Basic".into(), vec![b"Basic bmV3YmllOnB3".to_vec()]),
+        ("no scheme".into(), vec![tokens.access.clone().into_bytes()]),
+        (
+            "tab after Bearer".into(),
+            vec![format!("Bearer\t{}", tokens.access).into_bytes()],
+        ),
+        (
+            "trailing space".into(),
+            vec![format!("Bearer {} ", tokens.access).into_bytes()],
+        ),
+        (
+            "two tokens".into(),
+            vec![format!("Bearer {} {}", tokens.access, tokens.access).into_bytes()],
+        ),
+        ("twice, both good".into(), vec![good.clone(), good.clone()]),
+        (
+            "non-ASCII".into(),
+            vec![format!("Bearer {}é", tokens.access).into_bytes()],
+        ),
+        ("obs-text byte".into(), vec![b"Bearer a\xffb".to_vec()]),
+        (
+            "8 KiB".into(),
+            vec![format!("Bearer {}", "a".repeat(8192)).into_bytes()],
+        ),
+    ];
+    credentials.extend(
+        (tokens.bad_access.iter())
+            .map(|(name, token)| (name.clone(), vec![format!("Bearer {token}").into_bytes()])),
+    );
+    // Only what a client can send: a header value has no control bytes
+    // (NUL, newline), so such tokens cannot reach the server as one.
+    credentials
+        .retain(|(_, values)| (values.iter()).all(|v| http::HeaderValue::from_bytes(v).is_ok()));
+    for (call_name, call) in &calls {
+        for (name, values) in &credentials {
+            // 60 KB of metadata is over AUTH_GRPC_MAX_HEADER_BYTES (16
+            // KiB): the HTTP/2 layer answers 431 before gRPC runs, which
+            // clients see as UNKNOWN (gRPC's mapping of an HTTP status it
+            // does not list). Not INTERNAL, and no handler ran.
+            let expect = if name == "huge" {
+                Unknown
+            } else {
+                Unauthenticated
+            };
+            rows.push(case(
+                format!("{call_name} credentials {name}"),
+                Call::Account(values.clone(), call.clone()),
+                expect,
+            ));
+        }
+    }
+
+    let access = tokens.access.as_str();
+    let call = |c: AccountCall| with_bearer(access, c);
+    // Good credentials, bad fields.
+    rows.push(case(
+        "GetAccount with good credentials",
+        call(AccountCall::GetAccount),
+        Ok,
+    ));
+    for (name, size, token, expect) in [
+        ("page_size -1", -1, String::new(), InvalidArgument),
+        ("page_size MIN", i32::MIN, String::new(), InvalidArgument),
+        ("page_size MAX", i32::MAX, String::new(), Ok),
+        ("page_size 0", 0, String::new(), Ok),
+        ("page_token garbage", 0, "garbage!".into(), InvalidArgument),
+        ("page_token padded", 0, "AAAA====".into(), InvalidArgument),
+        ("page_token short", 0, "AAAA".into(), InvalidArgument),
+        ("page_token NUL", 0, "\0".into(), InvalidArgument),
+        ("page_token U+0085", 0, "\u{85}".into(), InvalidArgument),
+        ("page_token RLO", 0, "\u{202e}AAAA".into(), InvalidArgument),
+        ("page_token 34 x", 0, "x".repeat(34), InvalidArgument),
+        ("page_token 60 KiB", 0, "A".repeat(60_000), InvalidArgument),
+        ("page_token 70 KiB", 0, "A".repeat(70_000), OutOfRange),
+        (
+            "page_token of another version",
+            0,
+            b64(&[2u8; 25]),
+            InvalidArgument,
+        ),
+    ] {
+        rows.push(case(
+            format!("ListSessions {name}"),
+            call(AccountCall::ListSessions(size, token)),
+            expect,
+        ));
+    }
+    for (name, id, expect) in [
+        ("empty", String::new(), InvalidArgument),
+        ("not a uuid", "not-a-uuid".into(), InvalidArgument),
+        ("NUL", "\0".into(), InvalidArgument),
+        (
+            "control",
+            format!("{}\n", uuid::Uuid::now_v7()),
+            InvalidArgument,
+        ),
+        (
+            "padded",
+            format!(" {}", uuid::Uuid::now_v7()),
+            InvalidArgument,
+        ),
+        ("60 KiB", "a".repeat(60_000), InvalidArgument),
+        ("70 KiB", "a".repeat(70_000), OutOfRange),
+        ("unknown", uuid::Uuid::now_v7().to_string(), NotFound),
+        ("nil", uuid::Uuid::nil().to_string(), NotFound),
+    ] {
+        rows.push(case(
+            format!("RevokeSession session_id {name}"),
+            call(AccountCall::RevokeSession(id)),
+            expect,
+        ));
+    }
+    let change = |current: &str, new: String| AccountCall::ChangePassword(current.into(), new);
+    let right = "newbie's password";
+    let long = "p".repeat(60_000);
+    for (name, current, new, expect) in [
+        ("new common", right, "password".to_owned(), InvalidArgument),
+        ("new short", right, "short".into(), InvalidArgument),
+        (
+            "new the email",
+            right,
+            "newbie@example.com".into(),
+            InvalidArgument,
+        ),
+        ("new same as current", right, right.into(), InvalidArgument),
+        ("new NUL", right, "good\0password".into(), InvalidArgument),
+        (
+            "new U+009F",
+            right,
+            "good\u{9f}password".into(),
+            InvalidArgument,
+        ),
+        ("new 73 bytes", right, "A".repeat(73), InvalidArgument),
+        ("new 60 KiB", right, "p".repeat(60_000), InvalidArgument),
+        ("new blank", right, " ".repeat(9), InvalidArgument),
+        (
+            "current NUL",
+            "a\0b",
+            "a new password".into(),
+            InvalidArgument,
+        ),
+        (
+            "current ESC",
+            "a\u{1b}b",
+            "a new password".into(),
+            InvalidArgument,
+        ),
+        ("both bad", "\0", "\0".into(), InvalidArgument),
+        (
+            "current wrong",
+            "wrong password",
+            "a new password".into(),
+            Unauthenticated,
+        ),
+        (
+            "current empty",
+            "",
+            "a new password".into(),
+            Unauthenticated,
+        ),
+        (
+            "current 60 KiB",
+            long.as_str(),
+            "a new password".into(),
+            Unauthenticated,
+        ),
+        ("70 KiB", right, "p".repeat(70_000), OutOfRange),
+    ] {
+        rows.push(case(
+            format!("ChangePassword {name}"),
+            call(change(current, new)),
+            expect,
+        ));
+    }
+    for (name, password, expect) in [
+        ("NUL", "a\0b".to_owned(), InvalidArgument),
+        ("DEL", "a\u{7f}b".into(), InvalidArgument),
+        ("wrong", "wrong password".into(), Unauthenticated),
+        ("empty", String::new(), Unauthenticated),
+        ("60 KiB", "p".repeat(60_000), Unauthenticated),
+        ("70 KiB", "p".repeat(70_000), OutOfRange),
+    ] {
+        rows.push(case(
+            format!("DeleteAccount password {name}"),
+            call(AccountCall::DeleteAccount(password)),
+            expect,
+        ));
+    }
+
+    // Login's device name: at most 64 characters, no control, invisible or
+    // separator characters but the ASCII space; empty is none.
+    for (name, device, expect) in [
+        ("empty", String::new(), Ok),
+        ("spaces only", "   ".into(), Ok),
+        ("padded", "  phone  ".into(), Ok),
+        ("64 chars", "d".repeat(64), Ok),
+        ("64 flags", "🇫🇷".repeat(64), Ok),
+        ("64 accented", "e\u{301}".repeat(64), Ok),
+        ("65 chars", "d".repeat(65), InvalidArgument),
+        ("65 flags", "🇫🇷".repeat(65), InvalidArgument),
+        ("2 KiB", "d".repeat(2048), InvalidArgument),
+        ("60 KiB", "d".repeat(60_000), InvalidArgument),
+        ("70 KiB", "d".repeat(70_000), OutOfRange),
+    ] {
+        rows.push(case(
+            format!("login device_name {name}"),
+            login_device(device),
+            expect,
+        ));
+    }
+    for c in [
+        '\0', '\u{1}', '\t', '\n', '\r', '\u{1b}', '\u{7f}', '\u{85}', '\u{9f}', '\u{200b}',
+        '\u{200d}', '\u{202e}', '\u{2066}', '\u{feff}', '\u{a0}', '\u{3000}', '\u{2028}',
+        '\u{2029}', '\u{3164}', '\u{2800}', '\u{fe0f}',
+    ] {
+        let n = c as u32;
+        rows.push(case(
+            format!("login device_name U+{n:04X}"),
+            login_device(format!("my{c}phone")),
+            InvalidArgument,
+        ));
+        rows.push(case(
+            format!("login device_name U+{n:04X} at the end"),
+            login_device(format!("my phone{c}")),
+            InvalidArgument,
+        ));
+    }
+}
+
 #[tokio::test]
 async fn hundreds_of_hostile_requests_get_their_status_and_never_internal() {
     let (key_file, der) = write_key_file();
@@ -591,7 +906,53 @@ async fn hundreds_of_hostile_requests_get_their_status_and_never_internal() {
         .as_str()
         .unwrap()
         .to_owned();
-    let bad = bad_tokens(&tokens.refresh_token, &tokens.access_token, &kid, &der);
+    // Credentials that were good once: a session logged out, an account
+    // deleted.
+    let revoked = app.login("newbie@example.com", "newbie's password").await;
+    app.client
+        .clone()
+        .logout(LogoutRequest {
+            refresh_token: revoked.refresh_token.clone(),
+            scope: LogoutScope::Session as i32,
+        })
+        .await
+        .unwrap();
+    app.register("gone@example.com", "gone's password").await;
+    let gone = app.login("gone@example.com", "gone's password").await;
+    app.account
+        .clone()
+        .delete_account(realchat_testkit::app::bearer(
+            DeleteAccountRequest {
+                password: "gone's password".into(),
+            },
+            &gone.access_token,
+        ))
+        .await
+        .unwrap();
+    let mut bad_access = bad_tokens(
+        &tokens.access_token,
+        "at+jwt",
+        &tokens.refresh_token,
+        "rt+jwt",
+        &kid,
+        &der,
+    );
+    bad_access.extend([
+        ("revoked session".into(), revoked.access_token.clone()),
+        ("deleted account".into(), gone.access_token.clone()),
+    ]);
+    let bad = Tokens {
+        bad: bad_tokens(
+            &tokens.refresh_token,
+            "rt+jwt",
+            &tokens.access_token,
+            "at+jwt",
+            &kid,
+            &der,
+        ),
+        bad_access,
+        access: tokens.access_token.clone(),
+    };
     let cases = cases(&bad);
     assert!(cases.len() >= 200, "only {} cases", cases.len());
     eprintln!("{} bad-input cases", cases.len());
@@ -604,10 +965,15 @@ async fn hundreds_of_hostile_requests_get_their_status_and_never_internal() {
                 .register(RegisterRequest { email, password })
                 .await
                 .map(|_| ()),
-            Call::Login(email, password) => client
-                .login(LoginRequest { email, password })
+            Call::Login(email, password, device_name) => client
+                .login(LoginRequest {
+                    email,
+                    password,
+                    device_name,
+                })
                 .await
                 .map(|_| ()),
+            Call::Account(values, call) => account_call(&app, values, call).await,
             Call::Refresh(refresh_token) => client
                 .refresh(RefreshRequest { refresh_token })
                 .await
@@ -644,6 +1010,14 @@ async fn hundreds_of_hostile_requests_get_their_status_and_never_internal() {
     );
 
     // Healthy afterwards: SERVING, and the real session still works.
+    app.account
+        .clone()
+        .get_account(realchat_testkit::app::bearer(
+            GetAccountRequest {},
+            &tokens.access_token,
+        ))
+        .await
+        .expect("the real access token still works");
     let status = HealthClient::new(app.channel().await)
         .check(HealthCheckRequest {
             service: "realchat.auth.v1.AuthApi".into(),
@@ -661,4 +1035,59 @@ async fn hundreds_of_hostile_requests_get_their_status_and_never_internal() {
         .expect("the real refresh token still works");
     app.stop().await;
     std::fs::remove_file(key_file).unwrap();
+}
+
+/// Sends one AccountApi call with `authorization` set to `values`, each its
+/// own field.
+async fn account_call(
+    app: &TestApp,
+    values: Vec<Vec<u8>>,
+    call: AccountCall,
+) -> Result<(), tonic::Status> {
+    fn request<T>(message: T, values: &[Vec<u8>]) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        for value in values {
+            request.metadata_mut().append(
+                "authorization",
+                tonic::metadata::MetadataValue::try_from(value.as_slice()).unwrap(),
+            );
+        }
+        request
+    }
+    let mut client = app.account.clone();
+    let values = values.as_slice();
+    match call {
+        AccountCall::GetAccount => client
+            .get_account(request(GetAccountRequest {}, values))
+            .await
+            .map(|_| ()),
+        AccountCall::ListSessions(page_size, page_token) => client
+            .list_sessions(request(
+                ListSessionsRequest {
+                    page_size,
+                    page_token,
+                },
+                values,
+            ))
+            .await
+            .map(|_| ()),
+        AccountCall::RevokeSession(session_id) => client
+            .revoke_session(request(RevokeSessionRequest { session_id }, values))
+            .await
+            .map(|_| ()),
+        AccountCall::ChangePassword(current_password, new_password) => client
+            .change_password(request(
+                ChangePasswordRequest {
+                    current_password,
+                    new_password,
+                },
+                values,
+            ))
+            .await
+            .map(|_| ()),
+        AccountCall::DeleteAccount(password) => client
+            .delete_account(request(DeleteAccountRequest { password }, values))
+            .await
+            .map(|_| ()),
+    }
 }

@@ -9,6 +9,7 @@ fn request(email: &str, password: &str) -> LoginRequest {
     LoginRequest {
         email: email.into(),
         password: password.into(),
+        ..Default::default()
     }
 }
 

@@ -6,6 +6,7 @@
 //! deny these outside tests, the test kit and the benchmark).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod account;
 mod availability;
 mod bad_input;
 mod connections;

@@ -133,6 +133,7 @@ async fn password_limits_are_bytes_after_nfkc_and_never_truncated() {
             .login(realchat_auth::proto::LoginRequest {
                 email: "ok0@example.com".into(),
                 password: format!("{}x", "A".repeat(72)),
+                ..Default::default()
             })
             .await,
         Code::Unauthenticated,

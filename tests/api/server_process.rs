@@ -4,9 +4,11 @@
 
 use std::time::Duration;
 
+use realchat_auth::proto::account_api_client::AccountApiClient;
 use realchat_auth::proto::auth_api_client::AuthApiClient;
 use realchat_auth::proto::{
-    LoginRequest, LogoutRequest, RefreshRequest, RegisterRequest, RegisterResponse,
+    GetAccountRequest, LoginRequest, LogoutRequest, RefreshRequest, RegisterRequest,
+    RegisterResponse,
 };
 
 use realchat_testkit::db::create_database;
@@ -96,6 +98,7 @@ async fn migrate_then_serve_with_json_logs_free_of_secrets_and_stop_gracefully()
         .login(LoginRequest {
             email: email.into(),
             password: password.into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -107,6 +110,14 @@ async fn migrate_then_serve_with_json_logs_free_of_secrets_and_stop_gracefully()
         .await
         .unwrap()
         .into_inner();
+    // A bearer access token is logged neither when it works nor, after the
+    // Logout below, when it is refused.
+    let mut account = AccountApiClient::connect(grpc_url(&server).await)
+        .await
+        .unwrap();
+    let get_account =
+        || realchat_testkit::app::bearer(GetAccountRequest {}, &refreshed.access_token);
+    account.get_account(get_account()).await.unwrap();
     client
         .logout(LogoutRequest {
             refresh_token: refreshed.refresh_token.clone(),
@@ -114,6 +125,10 @@ async fn migrate_then_serve_with_json_logs_free_of_secrets_and_stop_gracefully()
         })
         .await
         .unwrap();
+    assert_eq!(
+        account.get_account(get_account()).await.unwrap_err().code(),
+        tonic::Code::Unauthenticated
+    );
     // Refused tokens are logged with their reason, never themselves.
     client
         .refresh(RefreshRequest {
@@ -164,6 +179,11 @@ async fn migrate_then_serve_with_json_logs_free_of_secrets_and_stop_gracefully()
             1.0,
         ),
         (r#"auth_requests_total{method="Logout",code="Ok"}"#, 1.0),
+        (r#"auth_requests_total{method="GetAccount",code="Ok"}"#, 1.0),
+        (
+            r#"auth_requests_total{method="GetAccount",code="Unauthenticated"}"#,
+            1.0,
+        ),
         (
             r#"auth_requests_total{method="Register",code="InvalidArgument"}"#,
             1.0,
@@ -225,6 +245,7 @@ async fn migrate_then_serve_with_json_logs_free_of_secrets_and_stop_gracefully()
         for token in [
             &login.access_token,
             &login.refresh_token,
+            &refreshed.access_token,
             &refreshed.refresh_token,
         ] {
             let signature = token.split('.').nth(2).unwrap();

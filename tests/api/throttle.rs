@@ -35,6 +35,7 @@ async fn login_forwarded(
     let mut request = Request::new(LoginRequest {
         email: email.into(),
         password: password.into(),
+        ..Default::default()
     });
     for line in lines {
         request

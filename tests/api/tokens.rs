@@ -101,7 +101,7 @@ async fn reuse_after_the_grace_window_revokes_the_whole_session() {
         .fetch_one(&app.pool)
         .await
         .unwrap();
-    assert_eq!(reason.as_deref(), Some("refresh_token_reuse"));
+    assert_eq!(reason.as_deref(), Some("reuse_detected"));
     // Another login is a new session and works.
     let fresh = app.login("erin@example.com", "erin's password").await;
     refresh(&app, &fresh.refresh_token).await.unwrap();

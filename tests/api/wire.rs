@@ -52,6 +52,17 @@ pub async fn send_raw(app: &TestApp, method: &str, body: Vec<u8>) -> Result<(), 
     send_raw_on(app.channel().await, method, body).await
 }
 
+/// The HTTP/2 path of `method`: an AuthApi method (`Login`), or
+/// `Service/Method` of another service of the package
+/// (`AccountApi/GetAccount`).
+fn method_path(method: &str) -> String {
+    if method.contains('/') {
+        format!("/realchat.auth.v1.{method}")
+    } else {
+        format!("/realchat.auth.v1.AuthApi/{method}")
+    }
+}
+
 /// [`send_raw`] on a channel to any server.
 pub async fn send_raw_on(
     channel: tonic::transport::Channel,
@@ -60,9 +71,7 @@ pub async fn send_raw_on(
 ) -> Result<(), tonic::Status> {
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.unwrap();
-    let path: http::uri::PathAndQuery = format!("/realchat.auth.v1.AuthApi/{method}")
-        .parse()
-        .unwrap();
+    let path: http::uri::PathAndQuery = method_path(method).parse().unwrap();
     grpc.unary(tonic::Request::new(body), path, RawCodec)
         .await
         .map(|_| ())
@@ -102,7 +111,7 @@ pub async fn send_framed_on(
     } else {
         tonic::body::Body::new(OneChunk(Some(body.into())))
     };
-    let request = http::Request::post(format!("/realchat.auth.v1.AuthApi/{method}"))
+    let request = http::Request::post(method_path(method))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
         .body(body)

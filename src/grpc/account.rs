@@ -33,8 +33,9 @@ impl GrpcApi {
 fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: at.timestamp(),
-        // Below 10^9 by construction.
-        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
+        // A leap second shows as nanos past 10^9 in chrono; a Timestamp
+        // must stay below, so it is the second's last nanosecond.
+        nanos: i32::try_from(at.timestamp_subsec_nanos().min(999_999_999)).unwrap_or(0),
     }
 }
 

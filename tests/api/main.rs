@@ -16,6 +16,7 @@ mod profile;
 mod register;
 mod relay;
 mod relay_faults;
+mod replay;
 mod server_process;
 mod throttle;
 mod tokens;

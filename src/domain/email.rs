@@ -77,9 +77,11 @@ impl Email {
     /// BOM, bidirectional overrides), every other Default_Ignorable_Code_Point
     /// (UAX #44: Hangul fillers, variation selectors, the combining grapheme
     /// joiner) and every separator but the ASCII space (Zs, Zl, Zp). The
-    /// domain goes through UTS #46 ToASCII (STD3 rules, hyphen checks, DNS
-    /// lengths) and is kept as ToUnicode of the result; RFC 3696 §2 rules out
-    /// an all-numeric top-level label, so `ned@127.0.0.1` is refused. Each
+    /// domain's ideographic and fullwidth full stops are read as '.', as
+    /// UTS #46 maps them, before any check; the domain goes through UTS #46
+    /// ToASCII (STD3 rules, hyphen checks, DNS lengths) and is kept as
+    /// ToUnicode of the result; RFC 3696 §2 rules out an all-numeric
+    /// top-level label, so `ned@127.0.0.1` is refused. Each
     /// dot-separated part of the local part and of the domain must be at most
     /// Highly Restrictive (UTS #39 §5.2): one script, or Latin with Han and
     /// Japanese kana, Han and Bopomofo, or Han and Hangul; and, ASCII aside,
@@ -104,7 +106,7 @@ impl Email {
         }
         // Lower-casing can leave a string that is not NFKC (e.g. U+0130), so
         // normalise on both sides to reach a fixed point.
-        let normalised = nfkc(&nfkc(raw.trim()).to_lowercase());
+        let normalised = map_label_separators(nfkc(&nfkc(raw.trim()).to_lowercase()));
         if normalised.is_empty() {
             return Err(EmailError::Empty);
         }
@@ -211,6 +213,28 @@ impl SoftDot {
             }
         }
         key.push(c);
+    }
+}
+
+/// The full stops other than '.' that separate domain labels (RFC 3490
+/// §3.1), which UTS #46's mapping table maps to '.': U+3002 IDEOGRAPHIC FULL
+/// STOP, U+FF0E FULLWIDTH FULL STOP and U+FF61 HALFWIDTH IDEOGRAPHIC FULL
+/// STOP.
+const LABEL_SEPARATORS: [char; 3] = ['\u{3002}', '\u{ff0e}', '\u{ff61}'];
+
+/// `address` with the [`LABEL_SEPARATORS`] after its last '@' mapped to '.',
+/// ahead of the syntax check: that check refuses a domain that has no ASCII
+/// dot (`example。com`) but passes one that has another (`mail。example.com`)
+/// on to IDNA, which maps the stop. Mapped first, both are one domain to both
+/// checks. The local part keeps its stops: they are not separators there.
+/// (NFKC has already made U+FF0E a '.' and U+FF61 a U+3002; all three are
+/// named as UTS #46 names them.)
+fn map_label_separators(address: String) -> String {
+    match address.rsplit_once('@') {
+        Some((local, domain)) if domain.contains(LABEL_SEPARATORS) => {
+            format!("{local}@{}", domain.replace(LABEL_SEPARATORS, "."))
+        }
+        _ => address,
     }
 }
 
@@ -367,6 +391,44 @@ mod tests {
             "bob@ab--cd.example",
         ] {
             assert_eq!(Email::parse(refused), Err(EmailError::Invalid), "{refused}");
+        }
+    }
+
+    #[test]
+    fn ideographic_and_fullwidth_full_stops_separate_domain_labels() {
+        let plain = Email::parse("bob@example.com").unwrap();
+        // U+3002, U+FF0E, U+FF61: the label separators UTS #46 maps to '.',
+        // with and without another ASCII dot in the domain.
+        for stop in ['\u{3002}', '\u{ff0e}', '\u{ff61}'] {
+            let n = stop as u32;
+            assert_eq!(
+                Email::parse(&format!("bob@example{stop}com")).as_ref(),
+                Ok(&plain),
+                "U+{n:04X}"
+            );
+            assert_eq!(
+                Email::parse(&format!("bob@mail{stop}example.com"))
+                    .unwrap()
+                    .as_str(),
+                "bob@mail.example.com",
+                "U+{n:04X}"
+            );
+            // One at the end of the domain leaves an empty label.
+            assert_eq!(
+                Email::parse(&format!("bob@example.com{stop}")),
+                Err(EmailError::Invalid),
+                "U+{n:04X}"
+            );
+        }
+        // In the local part an ideographic stop is no separator but
+        // punctuation outside the identifier profile. (NFKC has made the
+        // fullwidth one a '.', and the halfwidth one an ideographic one.)
+        for local in ["bob\u{3002}x", "bob\u{ff61}x"] {
+            assert_eq!(
+                Email::parse(&format!("{local}@example.com")),
+                Err(EmailError::RestrictedCharacter),
+                "{local}"
+            );
         }
     }
 

@@ -160,7 +160,7 @@ impl Email {
     /// `apple1`), and an all-ASCII address is its own key.
     ///
     /// A U+0307 COMBINING DOT ABOVE that prints where the soft dot of an
-    /// `i` or `j` was is dropped (see [`SoftDot`]), so `KİM`, lower-cased
+    /// `i` or `j` was is dropped (Unicode's After_Soft_Dotted), so `KİM`, lower-cased
     /// to `i` + U+0307, has the key of `kim`.
     pub fn lookalike_key(&self) -> String {
         let mut key = String::with_capacity(self.0.len());

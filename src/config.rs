@@ -182,6 +182,13 @@ pub struct ListenConfig {
           value_parser = clap::value_parser!(u32).range(1024..=1_048_576))]
     pub grpc_max_header_bytes: u32,
 
+    /// Requests in flight at once on the gRPC port, over all connections
+    /// (1..=1000000); past it RESOURCE_EXHAUSTED with RetryInfo. With
+    /// 64 KiB requests it bounds the memory requests can hold.
+    #[arg(long, env = "AUTH_GRPC_MAX_REQUESTS_IN_FLIGHT", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000).map(|n| n as usize))]
+    pub grpc_max_requests_in_flight: usize,
+
     /// Connections open at once on the HTTP port (1..=100000).
     #[arg(long, env = "AUTH_HTTP_MAX_CONNECTIONS", default_value_t = 256,
           value_parser = clap::value_parser!(u32).range(1..=100_000).map(|n| n as usize))]
@@ -200,8 +207,10 @@ pub struct ListenConfig {
 }
 
 impl ListenConfig {
-    /// The bounds on the gRPC port's connections. A connection asked to
-    /// close gets the request timeout to finish what it has in flight.
+    /// The bounds on the gRPC port's connections and requests: a request
+    /// gets the request timeout from its headers to its answer, body
+    /// included, and a connection asked to close gets it for what it has in
+    /// flight.
     pub fn grpc_limits(&self) -> ConnectionLimits {
         ConnectionLimits {
             max_connections: self.grpc_max_connections,
@@ -211,7 +220,8 @@ impl ListenConfig {
             keepalive_timeout: self.grpc_keepalive_timeout,
             max_concurrent_streams: self.grpc_max_concurrent_streams,
             max_header_bytes: self.grpc_max_header_bytes,
-            close_grace: self.request_timeout,
+            max_requests_in_flight: self.grpc_max_requests_in_flight,
+            request_timeout: self.request_timeout,
         }
     }
 

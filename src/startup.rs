@@ -37,6 +37,7 @@ pub struct Application {
     jwks: crate::observe::Jwks,
     listen: ListenConfig,
     grpc_limits: ConnectionLimits,
+    http_limits: realchat_runtime::http::HttpLimits,
     sessions: SessionConfig,
     throttle: ThrottleConfig,
 }
@@ -96,10 +97,41 @@ impl Application {
             config.throttle.limits(),
         ));
         let listen = &config.listen;
-        let grpc_limits = within_open_file_limit(
-            listen.grpc_limits(),
-            listen.http_max_connections + config.database.max_connections as usize,
-        );
+        let (mut grpc_limits, mut http_limits) = (listen.grpc_limits(), listen.http_limits());
+        if let Some(open_files) = realchat_runtime::accept::raise_open_file_limit() {
+            let open_files = usize::try_from(open_files).unwrap_or(usize::MAX);
+            let database = config.database.max_connections as usize;
+            let (grpc, http) = fit_to_open_files(
+                open_files,
+                database,
+                grpc_limits.max_connections,
+                http_limits.max_connections,
+            );
+            for (setting, configured, lowered) in [
+                (
+                    "AUTH_GRPC_MAX_CONNECTIONS",
+                    grpc_limits.max_connections,
+                    grpc,
+                ),
+                (
+                    "AUTH_HTTP_MAX_CONNECTIONS",
+                    http_limits.max_connections,
+                    http,
+                ),
+            ] {
+                if lowered < configured {
+                    tracing::warn!(
+                        setting,
+                        configured,
+                        lowered_to = lowered,
+                        open_file_limit = open_files,
+                        "{setting} is more than the open-file limit allows; lowered"
+                    );
+                }
+            }
+            grpc_limits.max_connections = grpc;
+            http_limits.max_connections = http;
+        }
         let listener = TcpListener::bind(listen.grpc_addr)
             .await
             .with_context(|| format!("binding AUTH_GRPC_ADDR {}", listen.grpc_addr))?;
@@ -116,6 +148,7 @@ impl Application {
             jwks,
             listen: listen.clone(),
             grpc_limits,
+            http_limits,
             sessions: config.sessions.clone(),
             throttle: config.throttle.clone(),
         })
@@ -162,7 +195,7 @@ impl Application {
         let http = tokio::spawn(realchat_runtime::http::serve(
             self.http_listener,
             crate::observe::router(self.pool.clone(), self.jwks),
-            self.listen.http_limits(),
+            self.http_limits,
             "HTTP",
         ));
         let purger = tokio::spawn(purge_sessions(
@@ -216,32 +249,25 @@ impl Application {
     }
 }
 
-/// `limits` with `max_connections` lowered, with a warning, to what this
-/// process's open-file limit leaves after `other_descriptors` (the HTTP
-/// port's connections, the database pool) and a reserve of 64 for files,
-/// logs and listeners; the soft limit is first raised to the hard one.
-fn within_open_file_limit(limits: ConnectionLimits, other_descriptors: usize) -> ConnectionLimits {
+/// The gRPC and HTTP connection limits lowered, where needed, to what an
+/// open-file limit of `open_files` leaves after the `database` pool and a
+/// reserve of 64 descriptors (files, logs, listeners): the HTTP port (probes
+/// and scrapes) keeps at most an eighth of the room, the gRPC port the rest;
+/// each at least 1. Limits that fit are kept as they are.
+fn fit_to_open_files(
+    open_files: usize,
+    database: usize,
+    grpc: usize,
+    http: usize,
+) -> (usize, usize) {
     const RESERVE: usize = 64;
-    let Some(open_files) = realchat_runtime::accept::raise_open_file_limit() else {
-        return limits;
-    };
-    let open_files = usize::try_from(open_files).unwrap_or(usize::MAX);
-    let room = open_files
-        .saturating_sub(other_descriptors + RESERVE)
-        .max(1);
-    if limits.max_connections <= room {
-        return limits;
+    let room = open_files.saturating_sub(database + RESERVE).max(2);
+    if grpc.saturating_add(http) <= room {
+        return (grpc, http);
     }
-    tracing::warn!(
-        configured = limits.max_connections,
-        lowered_to = room,
-        open_file_limit = open_files,
-        "AUTH_GRPC_MAX_CONNECTIONS is more than the open-file limit allows; lowered"
-    );
-    ConnectionLimits {
-        max_connections: room,
-        ..limits
-    }
+    let http = http.min((room / 8).max(1));
+    let grpc = grpc.min(room - http).max(1);
+    (grpc, http)
 }
 
 /// Deletes expired and revoked sessions past their `retention`, and login
@@ -307,5 +333,22 @@ async fn watch_database(pool: PgPool, reporter: tonic_health::server::HealthRepo
             last = Some(status);
         }
         tokio::time::sleep(HEALTH_PROBE_INTERVAL).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fit_to_open_files;
+
+    #[test]
+    fn connection_limits_fit_the_open_file_limit() {
+        // Room enough: unchanged.
+        assert_eq!(fit_to_open_files(20_000, 10, 10_000, 256), (10_000, 256));
+        // 1024 descriptors: 950 of room, the HTTP port an eighth of it.
+        assert_eq!(fit_to_open_files(1024, 10, 10_000, 256), (832, 118));
+        // A huge HTTP limit no longer starves the gRPC port.
+        assert_eq!(fit_to_open_files(400, 4, 10_000, 100_000), (291, 41));
+        // Below the reserve: one each, never zero.
+        assert_eq!(fit_to_open_files(50, 10, 10_000, 256), (1, 1));
     }
 }

@@ -2,30 +2,47 @@
 //! and closed. Requests then enter through [`crate::grpc`].
 //!
 //! A connection costs a file descriptor and buffers whether or not it does
-//! anything, so every way of holding one without using it is bounded
+//! anything, and a request costs memory from its first byte to its answer,
+//! so every way of holding either without using it is bounded
 //! ([`ConnectionLimits`] has the numbers):
 //!
 //! - **Count:** at most `max_connections` open at once (the rest wait in
 //!   the kernel's backlog; see [`realchat_runtime::accept`], which also
-//!   backs off when `accept` fails). While the limit is reached, every
-//!   connection that has had no request in flight for a second is closed
-//!   (HTTP/2 GOAWAY), so a flood of idle connections cannot lock active
-//!   clients out: theirs are the connections that stay.
+//!   backs off when `accept` fails). When a new connection waits for a
+//!   place, connections that have not finished their handshake a second
+//!   after they opened are dropped, and one connection that has had no
+//!   request in flight for a second gets a GOAWAY (another one every
+//!   250 ms while the new one still waits): a flood of idle connections
+//!   cannot keep a new client out, and idle clients are not all dropped at
+//!   once.
 //! - **Handshake:** a connection that has not sent the HTTP/2 client
-//!   preface and its first frame within `handshake_timeout` is closed.
+//!   preface and its whole first frame within `handshake_timeout` is
+//!   closed.
 //! - **Idle:** a connection with no request in flight for `idle_timeout`
 //!   gets a GOAWAY (gRPC's `MAX_CONNECTION_IDLE`); clients reconnect on
-//!   their next call.
+//!   their next call. A request is in flight from its headers until its
+//!   response headers: a long-lived response stream (health `Watch`) does
+//!   not keep a connection busy.
+//! - **Requests:** each must be answered (its body read, its handler run)
+//!   within `request_timeout`, else UNAVAILABLE, so a body that never ends
+//!   holds nothing longer; at most `max_requests_in_flight` across all
+//!   connections, past it RESOURCE_EXHAUSTED with `google.rpc.RetryInfo`
+//!   (with 64 KiB messages that bounds request memory).
 //! - **Dead peers:** an HTTP/2 PING every `keepalive_interval`; no answer
 //!   within `keepalive_timeout` closes the connection.
 //! - **Streams and headers:** at most `max_concurrent_streams` requests at
 //!   once per connection (`SETTINGS_MAX_CONCURRENT_STREAMS`, RFC 9113
 //!   §6.5.2), and a header list of at most `max_header_bytes`
-//!   (`SETTINGS_MAX_HEADER_LIST_SIZE`).
+//!   (`SETTINGS_MAX_HEADER_LIST_SIZE`; hyper answers a larger one with
+//!   HTTP 431, which gRPC clients report as UNKNOWN or INTERNAL).
 //! - A connection asked to close (idle, limit, shutdown) gets a GOAWAY;
 //!   one that has not closed 2 s later is dropped if it has no request in
-//!   flight, and otherwise gets `close_grace` for its requests. One that
+//!   flight, and otherwise gets `request_timeout` for its requests. One that
 //!   has not finished its handshake is dropped at once.
+//!
+//! Every answer passes [`crate::grpc::refuse_malformed_framing`], so broken
+//! gRPC framing is INVALID_ARGUMENT on every service (health and reflection
+//! too), never INTERNAL.
 //!
 //! Shutdown: [`serve`] stops accepting (the listening socket closes), sends
 //! every connection a GOAWAY and returns once all have closed.
@@ -38,21 +55,24 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use realchat_runtime::accept::{Accepted, Acceptor};
+use realchat_runtime::accept::{Accepted, Acceptor, Pressure};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
-use tonic::codegen::{Bytes, Service as _, http};
+use tonic::codegen::{Service as _, http};
 use tonic::service::Routes;
 use tonic::transport::server::TcpConnectInfo;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt as _};
 
+use crate::grpc::refuse_malformed_framing;
 use crate::observe::names;
 
-/// Bounds on the gRPC port's connections (see the module docs).
+/// Bounds on the gRPC port's connections and requests (see the module
+/// docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionLimits {
     /// Connections open at once.
@@ -70,28 +90,36 @@ pub struct ConnectionLimits {
     /// Largest header list of a request, bytes (names + values + 32 per
     /// field, as RFC 9113 §6.5.2 counts it).
     pub max_header_bytes: u32,
-    /// Time a connection asked to close gets to finish its requests.
-    pub close_grace: Duration,
+    /// Requests in flight at once across all connections.
+    pub max_requests_in_flight: usize,
+    /// Time a request may take from its headers to its answer's headers
+    /// (body read and handler); also what a closing connection gives the
+    /// requests it has in flight.
+    pub request_timeout: Duration,
 }
 
-/// Least time a connection must have had no request in flight before the
-/// connection limit closes it: a new client sends its first request within
-/// milliseconds of connecting, so it is never closed before it could.
+/// Least time a connection must have gone without a request in flight (or
+/// without finishing its handshake) before the limit closes it: a new
+/// client sends its first request within milliseconds of connecting, so it
+/// is never closed before it could.
 const EVICTABLE_AFTER: Duration = Duration::from_secs(1);
 
 /// Time a connection asked to close gets to answer the GOAWAY's PING (h2
 /// sends GOAWAY, waits for the PING's answer so no request is in the air,
 /// then closes); past it, a connection with nothing in flight is dropped,
-/// and one with requests in flight gets `close_grace` for them.
+/// and one with requests in flight gets `request_timeout` for them.
 const GOAWAY_GRACE: Duration = Duration::from_secs(2);
 
-/// Bytes a client sends before its first frame is complete: the 24-byte
-/// preface (RFC 9113 §3.4) and a 9-byte frame header.
-const HANDSHAKE_BYTES: u64 = 24 + 9;
+/// The client preface (RFC 9113 §3.4) and the header of the first frame.
+const PREFACE_AND_FRAME_HEADER: usize = 24 + 9;
+
+/// How long a client refused for load should wait before it retries.
+const BUSY_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Serves `routes` on `listener` under `limits` until `shutdown`
 /// completes; then stops accepting, sends every connection a GOAWAY and
-/// returns when they have all closed (each at most `close_grace` later).
+/// returns when they have all closed (each at most `request_timeout`
+/// after its grace).
 pub async fn serve(
     listener: TcpListener,
     routes: Routes,
@@ -106,6 +134,7 @@ pub async fn serve(
         .keep_alive_timeout(limits.keepalive_timeout)
         .max_concurrent_streams(limits.max_concurrent_streams)
         .max_header_list_size(limits.max_header_bytes);
+    let requests = Arc::new(Semaphore::new(limits.max_requests_in_flight.max(1)));
     let (stop, stopped) = watch::channel(());
     tokio::pin!(shutdown);
     loop {
@@ -115,6 +144,7 @@ pub async fn serve(
                 let connection = Connection {
                     http2: http2.clone(),
                     routes: routes.clone(),
+                    requests: Arc::clone(&requests),
                     limits,
                     stop: stopped.clone(),
                     pressure: acceptor.pressure(),
@@ -156,9 +186,10 @@ impl Closed {
 struct Connection {
     http2: hyper::server::conn::http2::Builder<TokioExecutor>,
     routes: Routes,
+    requests: Arc<Semaphore>,
     limits: ConnectionLimits,
     stop: watch::Receiver<()>,
-    pressure: watch::Receiver<()>,
+    pressure: Pressure,
 }
 
 impl Connection {
@@ -175,6 +206,8 @@ impl Connection {
         let service = Tracked {
             routes: self.routes.clone(),
             activity: Arc::clone(&activity),
+            requests: Arc::clone(&self.requests),
+            request_timeout: self.limits.request_timeout,
             info: TcpConnectInfo {
                 local_addr: stream.local_addr().ok(),
                 remote_addr: Some(peer),
@@ -182,6 +215,8 @@ impl Connection {
         };
         let io = TokioIo::new(CountingIo {
             stream,
+            head: [0; PREFACE_AND_FRAME_HEADER],
+            head_len: 0,
             activity: Arc::clone(&activity),
         });
         let connection = self.http2.serve_connection(io, service);
@@ -224,8 +259,14 @@ impl Connection {
                         None => idle.as_mut().reset(Instant::now() + self.limits.idle_timeout),
                     }
                 }
-                Ok(()) = self.pressure.changed(), if closing.is_none() => {
-                    if activity.idle_for() >= Some(EVICTABLE_AFTER) {
+                () = self.pressure.changed(), if closing.is_none() => {
+                    // A connection that has not even finished its
+                    // handshake goes without asking; an idle client's
+                    // connection only when it wins the one eviction.
+                    let unstarted = !activity.handshaken()
+                        && activity.opened.elapsed() >= EVICTABLE_AFTER;
+                    let idle_enough = activity.idle_for() >= Some(EVICTABLE_AFTER);
+                    if unstarted || (idle_enough && self.pressure.claim_eviction()) {
                         close = Some(Closed::Limit);
                     }
                 }
@@ -236,7 +277,7 @@ impl Connection {
                     // Requests still in flight get the full grace once.
                     if activity.in_flight() > 0 && !grace_extended {
                         grace_extended = true;
-                        grace.as_mut().reset(Instant::now() + self.limits.close_grace);
+                        grace.as_mut().reset(Instant::now() + self.limits.request_timeout);
                         continue;
                     }
                     tracing::debug!(%peer, "dropping a connection that did not close in its grace period");
@@ -273,6 +314,9 @@ fn closed(reason: Closed) {
 struct Activity {
     opened: Instant,
     bytes_read: AtomicU64,
+    /// Bytes the handshake takes: the preface and the whole first frame;
+    /// `u64::MAX` until the first frame's header has arrived.
+    handshake_bytes: AtomicU64,
     in_flight: AtomicUsize,
     /// Milliseconds from `opened` to when the last request in flight ended.
     idle_since_ms: AtomicU64,
@@ -283,6 +327,7 @@ impl Default for Activity {
         Self {
             opened: Instant::now(),
             bytes_read: AtomicU64::new(0),
+            handshake_bytes: AtomicU64::new(u64::MAX),
             in_flight: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
         }
@@ -290,9 +335,9 @@ impl Default for Activity {
 }
 
 impl Activity {
-    /// Whether the client has sent the preface and a first frame header.
+    /// Whether the client has sent the preface and its whole first frame.
     fn handshaken(&self) -> bool {
-        self.bytes_read.load(Ordering::Relaxed) >= HANDSHAKE_BYTES
+        self.bytes_read.load(Ordering::Acquire) >= self.handshake_bytes.load(Ordering::Acquire)
     }
 
     fn in_flight(&self) -> usize {
@@ -326,8 +371,7 @@ impl Activity {
     }
 }
 
-/// One request in flight, from its headers until its response body is
-/// dropped (so a streaming response counts for as long as it streams).
+/// One request in flight, from its headers until its answer's headers.
 struct InFlight(Arc<Activity>);
 
 impl Drop for InFlight {
@@ -341,73 +385,73 @@ impl Drop for InFlight {
     }
 }
 
-/// The routes of the gRPC port, with each request counted in flight and
-/// given the connection's addresses (what `Request::remote_addr` reads).
+/// The routes of the gRPC port, with each request counted in flight,
+/// bounded in time and in number, given the connection's addresses (what
+/// `Request::remote_addr` reads), and its answer passed through
+/// [`refuse_malformed_framing`].
 #[derive(Clone)]
 struct Tracked {
     routes: Routes,
     activity: Arc<Activity>,
+    requests: Arc<Semaphore>,
+    request_timeout: Duration,
     info: TcpConnectInfo,
 }
 
+type HttpResponse = http::Response<tonic::body::Body>;
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 impl hyper::service::Service<http::Request<Incoming>> for Tracked {
-    type Response = http::Response<TrackedBody>;
+    type Response = HttpResponse;
     type Error = Infallible;
-    type Future = BoxFuture<Result<Self::Response, Infallible>>;
+    type Future = BoxFuture<Result<HttpResponse, Infallible>>;
 
     fn call(&self, mut request: http::Request<Incoming>) -> Self::Future {
         let in_flight = self.activity.begin();
+        let Ok(admitted) = Arc::clone(&self.requests).try_acquire_owned() else {
+            drop(in_flight);
+            let busy = Status::with_error_details(
+                Code::ResourceExhausted,
+                "server busy, retry later",
+                ErrorDetails::with_retry_info(Some(BUSY_RETRY_AFTER)),
+            );
+            return Box::pin(std::future::ready(Ok(busy.into_http())));
+        };
         request.extensions_mut().insert(self.info.clone());
         let mut routes = self.routes.clone();
+        let timeout = self.request_timeout;
         Box::pin(async move {
-            let request = request.map(tonic::body::Body::new);
-            std::future::poll_fn(|cx| {
-                tonic::codegen::Service::<http::Request<tonic::body::Body>>::poll_ready(
-                    &mut routes,
-                    cx,
-                )
-            })
-            .await?;
-            let response = routes.call(request).await?;
-            Ok(response.map(|body| TrackedBody {
-                body,
-                _in_flight: in_flight,
-            }))
+            let answer = async {
+                let request = request.map(tonic::body::Body::new);
+                std::future::poll_fn(|cx| {
+                    tonic::codegen::Service::<http::Request<tonic::body::Body>>::poll_ready(
+                        &mut routes,
+                        cx,
+                    )
+                })
+                .await?;
+                routes.call(request).await
+            };
+            let response = match tokio::time::timeout(timeout, answer).await {
+                Ok(response) => refuse_malformed_framing(response?),
+                Err(_) => {
+                    tracing::info!("request not answered in time (its body did not arrive?)");
+                    Status::unavailable("request timed out, retry later").into_http()
+                }
+            };
+            drop((admitted, in_flight));
+            Ok(response)
         })
     }
 }
 
-/// A response body that ends its request's [`InFlight`] when dropped.
-struct TrackedBody {
-    body: tonic::body::Body,
-    _in_flight: InFlight,
-}
-
-impl http_body::Body for TrackedBody {
-    type Data = Bytes;
-    type Error = tonic::Status;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-/// The TCP stream, counting the bytes it reads (for the handshake check).
+/// The TCP stream, counting the bytes it reads and reading the first
+/// frame's length (for the handshake check).
 struct CountingIo {
     stream: TcpStream,
+    /// The first bytes read: the preface and the first frame's header.
+    head: [u8; PREFACE_AND_FRAME_HEADER],
+    head_len: usize,
     activity: Arc<Activity>,
 }
 
@@ -420,8 +464,25 @@ impl AsyncRead for CountingIo {
         let this = self.get_mut();
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
-        let read = (buf.filled().len() - before) as u64;
-        this.activity.bytes_read.fetch_add(read, Ordering::Relaxed);
+        let new = &buf.filled()[before..];
+        if this.head_len < PREFACE_AND_FRAME_HEADER {
+            let take = new.len().min(PREFACE_AND_FRAME_HEADER - this.head_len);
+            this.head[this.head_len..this.head_len + take].copy_from_slice(&new[..take]);
+            this.head_len += take;
+            if this.head_len == PREFACE_AND_FRAME_HEADER {
+                // The frame header starts with the payload length, 24 bits
+                // (RFC 9113 §4.1).
+                let [a, b, c] = [this.head[24], this.head[25], this.head[26]];
+                let length = u64::from(u32::from_be_bytes([0, a, b, c]));
+                let needed = PREFACE_AND_FRAME_HEADER as u64 + length;
+                this.activity
+                    .handshake_bytes
+                    .store(needed, Ordering::Release);
+            }
+        }
+        this.activity
+            .bytes_read
+            .fetch_add(new.len() as u64, Ordering::AcqRel);
         polled
     }
 }

@@ -2,12 +2,17 @@
 //! binary shares, so that no flood of connections can take the process's
 //! file descriptors or spin its accept loop.
 //!
-//! - At most `max_connections` accepted connections are open at once; each
-//!   holds a [`Accepted::permit`] until it is dropped. At the limit the
-//!   acceptor stops accepting (new clients wait in the kernel's backlog)
-//!   and signals [`Acceptor::pressure`] while it waits, so a server can
-//!   close its idle connections to make room; it logs that the limit was
-//!   reached at most once per 10 s.
+//! - At most `max_connections` accepted connections are open at once, plus
+//!   the one just accepted while it waits for a place; each holds an
+//!   [`Accepted::permit`] until it is dropped. Past the limit new clients
+//!   wait in the kernel's backlog.
+//! - While an accepted connection waits for a place, the acceptor signals
+//!   [`Pressure`] (now and every [`PRESSURE_INTERVAL`]) and asks for one
+//!   connection to be closed: a server closes a connection that never
+//!   started (any number of them) or claims the one eviction of an idle
+//!   connection ([`Pressure::claim_eviction`]), so a flood of idle
+//!   connections cannot keep a new client out, while idle clients are not
+//!   all dropped at once.
 //! - When `accept` itself fails (EMFILE or ENFILE: out of file
 //!   descriptors; ENOBUFS; a connection aborted before it was accepted),
 //!   the acceptor waits before the next try, 5 ms doubling to 1 s, and
@@ -17,7 +22,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
@@ -27,7 +32,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 const FIRST_BACKOFF: Duration = Duration::from_millis(5);
 /// Longest wait after a failed `accept`.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
-/// How often the acceptor signals pressure while it waits for a place.
+/// How often the acceptor signals pressure while a connection waits.
 pub const PRESSURE_INTERVAL: Duration = Duration::from_millis(250);
 /// Least time between two "limit reached" warnings of one port.
 const FULL_WARNING_INTERVAL_SECS: u64 = 10;
@@ -38,6 +43,7 @@ pub struct Acceptor {
     permits: Arc<Semaphore>,
     max_connections: usize,
     pressure: watch::Sender<()>,
+    eviction_wanted: Arc<AtomicBool>,
     what: &'static str,
     created: Instant,
     /// Seconds from `created` to the last "limit reached" warning
@@ -56,6 +62,31 @@ pub struct Accepted {
     pub permit: OwnedSemaphorePermit,
 }
 
+/// What a connection's task watches to learn that a new connection is
+/// waiting for a place.
+#[derive(Clone)]
+pub struct Pressure {
+    changed: watch::Receiver<()>,
+    eviction_wanted: Arc<AtomicBool>,
+}
+
+impl Pressure {
+    /// Completes each time a new connection is waiting for a place (again
+    /// every [`PRESSURE_INTERVAL`] while it waits). Pending forever once the
+    /// acceptor is gone.
+    pub async fn changed(&mut self) {
+        if self.changed.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Takes the one eviction the waiting connection asked for: true for
+    /// one caller per signal, which then closes its connection.
+    pub fn claim_eviction(&self) -> bool {
+        self.eviction_wanted.swap(false, Ordering::AcqRel)
+    }
+}
+
 impl Acceptor {
     /// Accepts from `listener` at most `max_connections` (at least 1) open
     /// connections at once; `what` names the port in logs (`gRPC`, `HTTP`).
@@ -66,17 +97,19 @@ impl Acceptor {
             permits: Arc::new(Semaphore::new(max_connections)),
             max_connections,
             pressure: watch::Sender::new(()),
+            eviction_wanted: Arc::new(AtomicBool::new(false)),
             what,
             created: Instant::now(),
             last_full_warning: AtomicU64::new(u64::MAX),
         }
     }
 
-    /// Changes each time the acceptor finds every place taken and waits:
-    /// a server closes the connections it can spare (idle ones) when it
-    /// does.
-    pub fn pressure(&self) -> watch::Receiver<()> {
-        self.pressure.subscribe()
+    /// The signal a connection's task watches (see [`Pressure`]).
+    pub fn pressure(&self) -> Pressure {
+        Pressure {
+            changed: self.pressure.subscribe(),
+            eviction_wanted: Arc::clone(&self.eviction_wanted),
+        }
     }
 
     /// Connections open now (accepted and not yet dropped).
@@ -84,9 +117,23 @@ impl Acceptor {
         self.max_connections - self.permits.available_permits()
     }
 
-    /// Waits for a place, signalling [`Acceptor::pressure`] now and every
-    /// [`PRESSURE_INTERVAL`] while it waits, so connections that become
-    /// idle long enough to be closed meanwhile are closed too.
+    /// The next connection, with its place under the limit. Never fails: a
+    /// failed `accept` is retried after a back-off.
+    pub async fn accept(&self) -> Accepted {
+        let (stream, peer) = self.accept_with_backoff().await;
+        let permit = match Arc::clone(&self.permits).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => self.wait_for_a_place().await,
+        };
+        Accepted {
+            stream,
+            peer,
+            permit,
+        }
+    }
+
+    /// Waits for a place for a connection already accepted, signalling
+    /// [`Pressure`] now and every [`PRESSURE_INTERVAL`] while it waits.
     async fn wait_for_a_place(&self) -> OwnedSemaphorePermit {
         let now = self.created.elapsed().as_secs();
         let last = self.last_full_warning.swap(now, Ordering::Relaxed);
@@ -94,16 +141,20 @@ impl Acceptor {
             tracing::warn!(
                 port = self.what,
                 max_connections = self.max_connections,
-                "connection limit reached; new connections wait until one closes"
+                "connection limit reached; closing idle connections to make room"
             );
         } else {
             self.last_full_warning.store(last, Ordering::Relaxed);
         }
         loop {
+            self.eviction_wanted.store(true, Ordering::Release);
             self.pressure.send_replace(());
             let permits = Arc::clone(&self.permits);
             match tokio::time::timeout(PRESSURE_INTERVAL, permits.acquire_owned()).await {
-                Ok(Ok(permit)) => return permit,
+                Ok(Ok(permit)) => {
+                    self.eviction_wanted.store(false, Ordering::Release);
+                    return permit;
+                }
                 // The semaphore is never closed; should it be, there is
                 // nothing left to accept for.
                 Ok(Err(_)) => return std::future::pending().await,
@@ -112,26 +163,16 @@ impl Acceptor {
         }
     }
 
-    /// The next connection, once one of the `max_connections` places is
-    /// free. Never fails: a failed `accept` is retried after a back-off.
-    pub async fn accept(&self) -> Accepted {
-        let permit = match Arc::clone(&self.permits).try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => self.wait_for_a_place().await,
-        };
+    async fn accept_with_backoff(&self) -> (TcpStream, SocketAddr) {
         let mut backoff = FIRST_BACKOFF;
         let mut failures = 0_u32;
         loop {
             match self.listener.accept().await {
-                Ok((stream, peer)) => {
+                Ok(accepted) => {
                     if failures > 0 {
                         tracing::info!(port = self.what, failures, "accepting again");
                     }
-                    return Accepted {
-                        stream,
-                        peer,
-                        permit,
-                    };
+                    return accepted;
                 }
                 Err(e) => {
                     if failures == 0 {
@@ -172,23 +213,28 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn at_the_limit_the_next_accept_waits_for_a_closed_connection() {
+    async fn at_the_limit_a_waiting_connection_asks_for_one_eviction() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let acceptor = Acceptor::new(listener, 1, "test");
         let mut pressure = acceptor.pressure();
         let _first_client = TcpStream::connect(addr).await.unwrap();
-        let _second_client = TcpStream::connect(addr).await.unwrap();
         let first = acceptor.accept().await;
         assert_eq!(acceptor.open_connections(), 1);
+        // At the limit with nobody waiting: no signal, nothing to evict.
+        assert!(!pressure.claim_eviction());
+        let _second_client = TcpStream::connect(addr).await.unwrap();
         let second = acceptor.accept();
         tokio::pin!(second);
-        // The second waits (and says so) while the first is open ...
+        // The second is accepted and waits (and says so) while the first
+        // is open; one caller, not two, gets the eviction.
         tokio::select! {
             _ = &mut second => panic!("accepted over the limit"),
-            changed = pressure.changed() => changed.unwrap(),
+            () = pressure.changed() => {}
         }
-        // ... and is accepted once the first closes.
+        assert!(pressure.claim_eviction());
+        assert!(!pressure.claim_eviction());
+        // It gets its place once the first closes.
         drop(first);
         let second = second.await;
         assert_eq!(acceptor.open_connections(), 1);

@@ -8,18 +8,18 @@
 //! - `GET /metrics`: the process's metrics in Prometheus text format.
 
 use std::future::Future;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 
-use crate::accept::{Accepted, Acceptor};
+use crate::accept::{Acceptor, Pressure};
 
 /// Histogram buckets of one metric (or of every metric whose name matches).
 pub type Buckets = (Matcher, &'static [f64]);
@@ -98,7 +98,9 @@ pub fn router<P: Probe>(probe: P, metrics: Option<PrometheusHandle>) -> Router {
 /// only, answers one request per connection (`Connection: close`: probes
 /// and scrapers lose one handshake, and no idle keep-alive connection can
 /// be held open), and gives up on a connection whose request head does not
-/// arrive in time or is too large.
+/// arrive in time or is too large. When a new connection waits for a place,
+/// connections that have not sent a whole request head for a second are
+/// closed, so a flood cannot keep probes out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HttpLimits {
     /// Connections open at once; more wait in the kernel's backlog.
@@ -144,23 +146,85 @@ pub async fn serve(listener: TcpListener, router: Router, limits: HttpLimits, wh
         .max_buf_size(limits.max_header_bytes.max(MIN_HEADER_BYTES))
         .keep_alive(false);
     loop {
-        let Accepted {
-            stream,
-            peer,
-            permit,
-        } = acceptor.accept().await;
-        let service = TowerToHyperService::new(router.clone());
-        let connection = http.serve_connection(TokioIo::new(stream), service);
-        tokio::spawn(async move {
-            match tokio::time::timeout(CONNECTION_DEADLINE, connection).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "{what} connection failed"),
-                Err(_) => tracing::debug!(%peer, "{what} connection outlived its deadline"),
-            }
-            drop(permit);
-        });
+        let accepted = acceptor.accept().await;
+        let started = Arc::new(AtomicBool::new(false));
+        let service = Started {
+            router: router.clone(),
+            started: Arc::clone(&started),
+        };
+        let connection = http.serve_connection(TokioIo::new(accepted.stream), service);
+        tokio::spawn(connection_task(
+            connection,
+            accepted.peer,
+            accepted.permit,
+            started,
+            acceptor.pressure(),
+            what,
+        ));
     }
 }
+
+/// Serves one connection until it ends, its [`CONNECTION_DEADLINE`]
+/// passes, or — when a new connection waits for a place — it has had
+/// [`EVICTABLE_AFTER`] without sending a whole request head: a probe sends
+/// its head at once, so a connection that has not is a flood's.
+async fn connection_task(
+    connection: impl Future<Output = hyper::Result<()>>,
+    peer: std::net::SocketAddr,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    started: Arc<AtomicBool>,
+    mut pressure: Pressure,
+    what: &'static str,
+) {
+    let opened = tokio::time::Instant::now();
+    let deadline = tokio::time::sleep(CONNECTION_DEADLINE);
+    tokio::pin!(connection, deadline);
+    loop {
+        tokio::select! {
+            result = &mut connection => {
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "{what} connection failed");
+                }
+                break;
+            }
+            () = &mut deadline => {
+                tracing::debug!(%peer, "{what} connection outlived its deadline");
+                break;
+            }
+            () = pressure.changed() => {
+                if !started.load(Ordering::Acquire) && opened.elapsed() >= EVICTABLE_AFTER {
+                    tracing::debug!(%peer, "{what} connection closed to make room");
+                    break;
+                }
+            }
+        }
+    }
+    drop(permit);
+}
+
+/// The router, noting when the connection's request head is complete
+/// (hyper calls the service only then).
+#[derive(Clone)]
+struct Started {
+    router: Router,
+    started: Arc<AtomicBool>,
+}
+
+impl hyper::service::Service<axum::http::Request<hyper::body::Incoming>> for Started {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = axum::routing::future::RouteFuture<std::convert::Infallible>;
+
+    fn call(&self, request: axum::http::Request<hyper::body::Incoming>) -> Self::Future {
+        self.started.store(true, Ordering::Release);
+        // axum's router is always ready, so `call` needs no `poll_ready`.
+        tower_service::Service::call(&mut self.router.clone(), request)
+    }
+}
+
+/// Least time a connection must have gone without a whole request head
+/// before the limit closes it.
+const EVICTABLE_AFTER: Duration = Duration::from_secs(1);
 
 /// hyper's smallest read buffer (it refuses a smaller one).
 const MIN_HEADER_BYTES: usize = 8192;

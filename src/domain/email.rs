@@ -1,7 +1,10 @@
 use std::fmt;
 
+use icu_properties::CodePointSetData;
+use icu_properties::props::SoftDotted;
 use idna::uts46::{AsciiDenyList, DnsLength, Hyphens, Uts46};
 use unicode_normalization::UnicodeNormalization as _;
+use unicode_normalization::char::canonical_combining_class;
 use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 use unicode_security::{
     GeneralSecurityProfile as _, RestrictionLevel, RestrictionLevelDetection as _,
@@ -74,9 +77,11 @@ impl Email {
     /// BOM, bidirectional overrides), every other Default_Ignorable_Code_Point
     /// (UAX #44: Hangul fillers, variation selectors, the combining grapheme
     /// joiner) and every separator but the ASCII space (Zs, Zl, Zp). The
-    /// domain goes through UTS #46 ToASCII (STD3 rules, hyphen checks, DNS
-    /// lengths) and is kept as ToUnicode of the result; RFC 3696 §2 rules out
-    /// an all-numeric top-level label, so `ned@127.0.0.1` is refused. Each
+    /// domain's ideographic and fullwidth full stops are read as '.', as
+    /// UTS #46 maps them, before any check; the domain goes through UTS #46
+    /// ToASCII (STD3 rules, hyphen checks, DNS lengths) and is kept as
+    /// ToUnicode of the result; RFC 3696 §2 rules out an all-numeric
+    /// top-level label, so `ned@127.0.0.1` is refused. Each
     /// dot-separated part of the local part and of the domain must be at most
     /// Highly Restrictive (UTS #39 §5.2): one script, or Latin with Han and
     /// Japanese kana, Han and Bopomofo, or Han and Hangul; and, ASCII aside,
@@ -101,7 +106,7 @@ impl Email {
         }
         // Lower-casing can leave a string that is not NFKC (e.g. U+0130), so
         // normalise on both sides to reach a fixed point.
-        let normalised = nfkc(&nfkc(raw.trim()).to_lowercase());
+        let normalised = map_label_separators(nfkc(&nfkc(raw.trim()).to_lowercase()));
         if normalised.is_empty() {
             return Err(EmailError::Empty);
         }
@@ -153,20 +158,83 @@ impl Email {
     /// `johnl@…` stay two accounts. A non-ASCII stand-in still maps to the
     /// ASCII letter it imitates (the Cyrillic `аррӏе1` gets the key of
     /// `apple1`), and an all-ASCII address is its own key.
+    ///
+    /// A U+0307 COMBINING DOT ABOVE that prints where the soft dot of an
+    /// `i` or `j` was is dropped (Unicode's After_Soft_Dotted), so `KİM`, lower-cased
+    /// to `i` + U+0307, has the key of `kim`.
     pub fn lookalike_key(&self) -> String {
         let mut key = String::with_capacity(self.0.len());
+        let mut soft_dot = SoftDot::default();
         let mut buf = [0; 4];
         for c in self.0.nfd() {
             if c.is_ascii() {
-                key.push(c);
+                soft_dot.push(&mut key, c);
             } else {
-                key.extend(unicode_security::skeleton(c.encode_utf8(&mut buf)));
+                for p in unicode_security::skeleton(c.encode_utf8(&mut buf)) {
+                    soft_dot.push(&mut key, p);
+                }
             }
         }
         // Prototypes may put combining marks next to each other out of
         // canonical order; NFC reorders them (so equal keys mean canonically
         // equivalent strings) and keeps the stored key readable.
         key.nfc().collect()
+    }
+}
+
+/// Drops a U+0307 COMBINING DOT ABOVE that prints where a soft dot was, as
+/// the prototypes of an address are pushed onto its look-alike key.
+///
+/// Soft_Dotted characters (PropList.txt: `i`, `j`, Cyrillic `і`, …) are
+/// those whose "dot disappears when a diacritic is placed above" (Unicode
+/// §7.1); a dot above then stands in for the soft dot, and `i` + U+0307
+/// looks like `i`. The test is Unicode's After_Soft_Dotted casing context
+/// (§3.13, Table 3-17), under which SpecialCasing.txt drops that same
+/// U+0307: a Soft_Dotted character before it, with no character of
+/// combining class 0 or 230 (Above) in between. So marks below may
+/// intervene (`i` + U+0323 + U+0307), a second dot above still shows, and
+/// a dot on `z` or `e` is a letter of its own. It is taken on prototypes,
+/// so the dotless `ı` (prototype `i`) with a dot above keys as `i`.
+#[derive(Default)]
+struct SoftDot {
+    /// Whether the key so far ends in the After_Soft_Dotted context.
+    after: bool,
+}
+
+impl SoftDot {
+    fn push(&mut self, key: &mut String, c: char) {
+        if CodePointSetData::new::<SoftDotted>().contains(c) {
+            self.after = true;
+        } else if matches!(canonical_combining_class(c), 0 | 230) {
+            let hidden = self.after && c == '\u{307}';
+            self.after = false;
+            if hidden {
+                return;
+            }
+        }
+        key.push(c);
+    }
+}
+
+/// The full stops other than '.' that separate domain labels (RFC 3490
+/// §3.1), which UTS #46's mapping table maps to '.': U+3002 IDEOGRAPHIC FULL
+/// STOP, U+FF0E FULLWIDTH FULL STOP and U+FF61 HALFWIDTH IDEOGRAPHIC FULL
+/// STOP.
+const LABEL_SEPARATORS: [char; 3] = ['\u{3002}', '\u{ff0e}', '\u{ff61}'];
+
+/// `address` with the [`LABEL_SEPARATORS`] after its last '@' mapped to '.',
+/// ahead of the syntax check: that check refuses a domain that has no ASCII
+/// dot (`example。com`) but passes one that has another (`mail。example.com`)
+/// on to IDNA, which maps the stop. Mapped first, both are one domain to both
+/// checks. The local part keeps its stops: they are not separators there.
+/// (NFKC has already made U+FF0E a '.' and U+FF61 a U+3002; all three are
+/// named as UTS #46 names them.)
+fn map_label_separators(address: String) -> String {
+    match address.rsplit_once('@') {
+        Some((local, domain)) if domain.contains(LABEL_SEPARATORS) => {
+            format!("{local}@{}", domain.replace(LABEL_SEPARATORS, "."))
+        }
+        _ => address,
     }
 }
 
@@ -327,6 +395,44 @@ mod tests {
     }
 
     #[test]
+    fn ideographic_and_fullwidth_full_stops_separate_domain_labels() {
+        let plain = Email::parse("bob@example.com").unwrap();
+        // U+3002, U+FF0E, U+FF61: the label separators UTS #46 maps to '.',
+        // with and without another ASCII dot in the domain.
+        for stop in ['\u{3002}', '\u{ff0e}', '\u{ff61}'] {
+            let n = stop as u32;
+            assert_eq!(
+                Email::parse(&format!("bob@example{stop}com")).as_ref(),
+                Ok(&plain),
+                "U+{n:04X}"
+            );
+            assert_eq!(
+                Email::parse(&format!("bob@mail{stop}example.com"))
+                    .unwrap()
+                    .as_str(),
+                "bob@mail.example.com",
+                "U+{n:04X}"
+            );
+            // One at the end of the domain leaves an empty label.
+            assert_eq!(
+                Email::parse(&format!("bob@example.com{stop}")),
+                Err(EmailError::Invalid),
+                "U+{n:04X}"
+            );
+        }
+        // In the local part an ideographic stop is no separator but
+        // punctuation outside the identifier profile. (NFKC has made the
+        // fullwidth one a '.', and the halfwidth one an ideographic one.)
+        for local in ["bob\u{3002}x", "bob\u{ff61}x"] {
+            assert_eq!(
+                Email::parse(&format!("{local}@example.com")),
+                Err(EmailError::RestrictedCharacter),
+                "{local}"
+            );
+        }
+    }
+
+    #[test]
     fn domain_literals_and_all_numeric_top_level_labels_are_refused() {
         for refused in [
             "ned@127.0.0.1",
@@ -408,5 +514,39 @@ mod tests {
         // Letters that only look alike to a careless eye stay apart.
         assert_ne!(key("josé@example.com"), key("jose@example.com"));
         assert_eq!(key("bob@bücher.example"), "bob@bücher.example");
+    }
+
+    #[test]
+    fn lookalike_key_drops_a_dot_above_that_a_soft_dot_hides() {
+        let key = |s: &str| Email::parse(s).unwrap().lookalike_key();
+        // `KİM` lower-cases to i + U+0307, which renders as `kim`.
+        assert_eq!(
+            Email::parse("KİM@example.org").unwrap().as_str(),
+            "ki\u{307}m@example.org"
+        );
+        assert_eq!(key("KİM@example.org"), "kim@example.org");
+        assert_eq!(key("ki\u{307}m@example.org"), key("kim@example.org"));
+        assert_eq!(key("j\u{307}ohn@example.org"), key("john@example.org"));
+        assert_eq!(key("a@KİM-lookalike.org"), key("a@kim-lookalike.org"));
+        // A mark below sorts before the dot above and does not stop it from
+        // merging with the soft dot: ị + U+0307 looks like ị.
+        assert_eq!(
+            key("ki\u{323}\u{307}m@example.org"),
+            key("ki\u{323}m@example.org")
+        );
+        // Dotless ı takes its dot back from U+0307 and looks like i. (The
+        // soft-dotted Cyrillic і cannot carry U+0307, which is not of the
+        // Cyrillic script: that mix is refused.)
+        assert_eq!(key("\u{131}\u{307}@example.org"), key("i@example.org"));
+        assert_eq!(
+            Email::parse("\u{456}\u{307}@example.org"),
+            Err(EmailError::MixedScripts)
+        );
+        // Only the first dot above merges; a second one shows, and a dot
+        // above elsewhere is a letter of its own (ż, ė).
+        assert_ne!(key("ki\u{307}\u{307}m@example.org"), key("kim@example.org"));
+        assert_ne!(key("ki\u{301}m@example.org"), key("kim@example.org"));
+        assert_ne!(key("żaba@example.org"), key("zaba@example.org"));
+        assert_ne!(key("ė@example.org"), key("e@example.org"));
     }
 }

@@ -17,8 +17,10 @@ static COMMON_PASSWORDS: LazyLock<HashSet<&'static str>> = LazyLock::new(|| {
 
 /// Fewest characters in a new password, as NIST SP 800-63B §3.1.1.2
 /// requires for user-chosen secrets, counted as a person sees them:
-/// extended grapheme clusters (UAX #29) after NFKC, so a letter with eight
-/// combining marks is one character, not nine.
+/// extended grapheme clusters (UAX #29), so a letter with eight combining
+/// marks is one character, not nine. Both what was typed and its NFKC form
+/// must reach it: `ﷺ` (U+FDFA), which NFKC expands to 18 characters, is
+/// still one character typed; composed and decomposed forms count alike.
 pub const MIN_PASSWORD_CHARS: usize = 8;
 /// Most UTF-8 bytes in a password: bcrypt reads at most 72 bytes, and a longer
 /// password is refused rather than silently truncated.
@@ -31,7 +33,7 @@ pub enum PasswordError {
     #[error("password must not contain NUL or control characters")]
     ControlCharacter,
     /// Fewer than [`MIN_PASSWORD_CHARS`] user-perceived characters
-    /// (extended grapheme clusters) after NFKC.
+    /// (extended grapheme clusters) as typed, or after NFKC.
     #[error("password must be at least {MIN_PASSWORD_CHARS} characters")]
     TooShort,
     /// Over [`MAX_PASSWORD_BYTES`] bytes after NFKC (never truncated).
@@ -49,8 +51,9 @@ pub enum PasswordError {
 }
 
 /// A password that satisfies the registration policy: NFKC-normalised, no
-/// control characters, at least [`MIN_PASSWORD_CHARS`] characters and at most
-/// [`MAX_PASSWORD_BYTES`] bytes. No composition rules (NIST SP 800-63B).
+/// control characters, at least [`MIN_PASSWORD_CHARS`] characters (as typed
+/// and after NFKC) and at most [`MAX_PASSWORD_BYTES`] bytes. No composition
+/// rules (NIST SP 800-63B).
 /// The value is a [`SecretString`], so it cannot be logged by accident.
 #[derive(Debug)]
 pub struct NewPassword(SecretString);
@@ -66,7 +69,11 @@ impl NewPassword {
         }
         let normalised = PasswordAttempt::parse(raw)?;
         let value = normalised.0.expose_secret();
-        if value.graphemes(true).count() < MIN_PASSWORD_CHARS {
+        // As typed, so a compatibility character NFKC expands is one; after
+        // NFKC, so what is hashed is as long too.
+        if raw.graphemes(true).count() < MIN_PASSWORD_CHARS
+            || value.graphemes(true).count() < MIN_PASSWORD_CHARS
+        {
             return Err(PasswordError::TooShort);
         }
         if value.len() > MAX_PASSWORD_BYTES {
@@ -250,6 +257,33 @@ mod tests {
         // more bytes); decomposed, NFKC composes them alike.
         assert!(NewPassword::parse(&"e\u{301}".repeat(8)).is_ok());
         assert!(NewPassword::parse(&"\u{1e09}".repeat(8)).is_ok());
+    }
+
+    #[test]
+    fn length_is_counted_as_typed_as_well_as_after_nfkc() {
+        // U+FDFA is one character that NFKC expands to 18.
+        assert_eq!(
+            NewPassword::parse("\u{fdfa}").err(),
+            Some(PasswordError::TooShort)
+        );
+        assert_eq!(
+            NewPassword::parse(&format!("\u{fdfa}{}", "x".repeat(6))).err(),
+            Some(PasswordError::TooShort)
+        );
+        assert!(NewPassword::parse(&format!("\u{fdfa}{}", "x".repeat(7))).is_ok());
+        // Four ligatures are four characters typed, eight after NFKC.
+        assert_eq!(
+            NewPassword::parse(&"\u{fb01}".repeat(4)).err(),
+            Some(PasswordError::TooShort)
+        );
+        assert!(NewPassword::parse(&"\u{fb01}".repeat(8)).is_ok());
+        // Composed and decomposed forms count the same either way.
+        assert!(NewPassword::parse(&"\u{e9}".repeat(8)).is_ok());
+        assert!(NewPassword::parse(&"e\u{301}".repeat(8)).is_ok());
+        assert_eq!(
+            NewPassword::parse(&"e\u{301}".repeat(7)).err(),
+            Some(PasswordError::TooShort)
+        );
     }
 
     #[test]

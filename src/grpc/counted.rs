@@ -3,7 +3,8 @@
 //! tonic's INTERNAL answer to broken gRPC framing.
 
 use std::collections::HashMap;
-use std::sync::LazyLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
 
 use tonic::{Code, Status};
 
@@ -15,8 +16,9 @@ use crate::proto;
 /// tonic gives before a handler runs (a body that is not valid protobuf:
 /// INVALID_ARGUMENT; a message over the size limit: OUT_OF_RANGE). The code
 /// is the response's `grpc-status` header, which unary errors carry
-/// (trailers-only responses); a response without it is a success. Requests
-/// whose client went away before the answer are not counted.
+/// (trailers-only responses); a response without it is a success. A request
+/// the client broke off (reset the stream or closed the connection before
+/// its body ended) is not counted: its code would be the client's choice.
 ///
 /// `method` is the method's name when the contract declares it for this
 /// service ([`proto::FILE_DESCRIPTOR_SET`], the one list of methods), else
@@ -38,6 +40,11 @@ pub const UNKNOWN_METHOD: &str = "unknown";
 
 /// The message of the INVALID_ARGUMENT answer to broken gRPC framing.
 pub const MALFORMED_FRAMING: &str = "malformed gRPC message framing";
+
+/// The message of the INVALID_ARGUMENT answer to a body that is not the
+/// method's protobuf message, where tonic's codec (health, reflection)
+/// says INTERNAL; our own codec (the API) says `malformed message: …`.
+pub const MALFORMED_MESSAGE: &str = "malformed message";
 
 impl<S: tonic::server::NamedService> tonic::server::NamedService for Counted<S> {
     const NAME: &'static str = S::NAME;
@@ -69,9 +76,25 @@ where
 
     fn call(&mut self, request: HttpRequest) -> Self::Future {
         let method = declared_method(S::NAME, request.uri().path()).unwrap_or(UNKNOWN_METHOD);
+        let broken_off = Arc::new(AtomicBool::new(false));
+        let request = request.map(|body| {
+            tonic::body::Body::new(Watched {
+                body,
+                broken_off: Arc::clone(&broken_off),
+            })
+        });
         let answer = self.0.call(request);
         Box::pin(async move {
-            let response = refuse_malformed_framing(answer.await?);
+            let response = answer.await?;
+            // The client reset the stream or closed the connection before
+            // its body ended: whatever code tonic made of that (the client
+            // picks it with its reset's reason) is not an answer anyone
+            // receives, so it is not counted.
+            if broken_off.load(Ordering::Acquire) {
+                tracing::debug!(method, "client broke off its request");
+                return Ok(response);
+            }
+            let response = refuse_malformed_framing(response);
             let code = grpc_status(&response).unwrap_or(Code::Ok);
             metrics::counter!(names::REQUESTS, "method" => method, "code" => format!("{code:?}"))
                 .increment(1);
@@ -90,27 +113,30 @@ fn grpc_status(response: &HttpResponse) -> Option<Code> {
         .map(Code::from_i32)
 }
 
-/// `response`, or INVALID_ARGUMENT [`MALFORMED_FRAMING`] in its place when
-/// it is tonic's INTERNAL answer to a request whose framing is broken.
-/// Our own INTERNAL (`internal error`) is never one of tonic's texts, so it
-/// passes unchanged.
-fn refuse_malformed_framing(response: HttpResponse) -> HttpResponse {
+/// `response`, or INVALID_ARGUMENT in its place when it is tonic's INTERNAL
+/// answer to a request it could not read: broken gRPC framing
+/// ([`MALFORMED_FRAMING`]) or a body that is not the method's protobuf
+/// message ([`MALFORMED_MESSAGE`], as our own codec answers). Our own
+/// INTERNAL (`internal error`) is never one of tonic's texts, so it passes
+/// unchanged. Used on every service: [`Counted`] for the API's (before it
+/// counts), the gRPC port for health and reflection.
+pub fn refuse_malformed_framing(response: HttpResponse) -> HttpResponse {
     if grpc_status(&response) != Some(Code::Internal) {
         return response;
     }
     let Some(status) = Status::from_header_map(response.headers()) else {
         return response;
     };
-    if !is_tonic_framing_error(status.message()) {
+    let Some(answer) = unreadable_request(status.message()) else {
         return response;
-    }
-    tracing::info!(tonic = status.message(), "malformed gRPC framing refused");
-    Status::invalid_argument(MALFORMED_FRAMING).into_http()
+    };
+    tracing::info!(tonic = status.message(), "unreadable gRPC request refused");
+    Status::invalid_argument(answer).into_http()
 }
 
-/// Whether `message` is one of the texts tonic (0.14) answers INTERNAL with
-/// when a request's gRPC framing is broken, before any handler runs.
-fn is_tonic_framing_error(message: &str) -> bool {
+/// Our answer when `message` is one of the texts tonic (0.14) answers
+/// INTERNAL with when it cannot read a request, before any handler runs.
+fn unreadable_request(message: &str) -> Option<&'static str> {
     // src/codec/decode.rs, `StreamingInner::decode_chunk`: the frame's
     // compressed flag is 1 but no `grpc-encoding` was sent, or it is
     // neither 0 nor 1.
@@ -127,10 +153,51 @@ fn is_tonic_framing_error(message: &str) -> bool {
     // src/server/grpc.rs, `Grpc::map_request_unary`: the body ended before
     // any message (a bare HEADERS frame).
     const NO_MESSAGE: &str = "Missing request message.";
-    message == COMPRESSED_WITHOUT_ENCODING
+    // tonic-prost's codec (health, reflection): not the message's protobuf.
+    const UNDECODABLE: &str = "failed to decode Protobuf message";
+    if message == COMPRESSED_WITHOUT_ENCODING
         || message == TRUNCATED
         || message == NO_MESSAGE
         || (message.starts_with(INVALID_FLAG.0) && message.ends_with(INVALID_FLAG.1))
+    {
+        Some(MALFORMED_FRAMING)
+    } else if message.starts_with(UNDECODABLE) {
+        Some(MALFORMED_MESSAGE)
+    } else {
+        None
+    }
+}
+
+/// A request body that notes whether it ended in an error (the client
+/// reset the stream or the connection went away) rather than at its end.
+struct Watched {
+    body: tonic::body::Body,
+    broken_off: Arc<AtomicBool>,
+}
+
+impl http_body::Body for Watched {
+    type Data = tonic::codegen::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Status>>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.body).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Err(_))) = &polled {
+            this.broken_off.store(true, Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// The contract's methods, by the full name of their service
@@ -254,11 +321,21 @@ mod tests {
 
     #[test]
     fn tonic_framing_errors_become_invalid_argument_and_ours_stay_internal() {
-        for tonic in [
-            "protocol error: received message with compressed-flag but no grpc-encoding was specified",
-            "protocol error: received message with invalid compression flag: 2 (valid flags are 0 and 1), while sending request",
-            "Unexpected EOF decoding stream.",
-            "Missing request message.",
+        for (tonic, ours) in [
+            (
+                "protocol error: received message with compressed-flag but no grpc-encoding was specified",
+                MALFORMED_FRAMING,
+            ),
+            (
+                "protocol error: received message with invalid compression flag: 2 (valid flags are 0 and 1), while sending request",
+                MALFORMED_FRAMING,
+            ),
+            ("Unexpected EOF decoding stream.", MALFORMED_FRAMING),
+            ("Missing request message.", MALFORMED_FRAMING),
+            (
+                "failed to decode Protobuf message: invalid varint",
+                MALFORMED_MESSAGE,
+            ),
         ] {
             let response = refuse_malformed_framing(Status::internal(tonic).into_http());
             assert_eq!(
@@ -266,8 +343,8 @@ mod tests {
                 Some(Code::InvalidArgument),
                 "{tonic}"
             );
-            let message = Status::from_header_map(response.headers()).unwrap();
-            assert_eq!(message.message(), MALFORMED_FRAMING, "{tonic}");
+            let status = Status::from_header_map(response.headers()).unwrap();
+            assert_eq!(status.message(), ours, "{tonic}");
         }
         for kept in [
             Status::internal("internal error"),

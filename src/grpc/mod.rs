@@ -14,7 +14,9 @@ use tracing::Instrument as _;
 mod account;
 mod counted;
 
-pub use counted::{Counted, MALFORMED_FRAMING, UNKNOWN_METHOD};
+pub use counted::{
+    Counted, MALFORMED_FRAMING, MALFORMED_MESSAGE, UNKNOWN_METHOD, refuse_malformed_framing,
+};
 
 use crate::domain::FieldViolation;
 use crate::domain::UserAgent;
@@ -61,18 +63,20 @@ impl ClientAddress {
     /// IPv6 address is its IPv4 address.
     pub fn resolve<'a>(
         &self,
-        fields: impl IntoIterator<Item = &'a str>,
+        fields: impl IntoIterator<Item = &'a [u8]>,
         peer: Option<std::net::IpAddr>,
     ) -> Option<std::net::IpAddr> {
         let forwarded = self.header.as_ref().and_then(|_| {
-            let entries: Vec<&str> = fields
+            // Split as bytes: a byte that is not visible ASCII spoils only
+            // its own entry, never the proxy's entry on the same line.
+            let entries: Vec<&[u8]> = fields
                 .into_iter()
-                .flat_map(|field| field.split(','))
-                .map(str::trim)
+                .flat_map(|field| field.split(|&byte| byte == b','))
+                .map(<[u8]>::trim_ascii)
                 .filter(|entry| !entry.is_empty())
                 .collect();
             let index = entries.len().checked_sub(self.trusted_hops)?;
-            parse_ip(entries.get(index)?)
+            parse_ip(std::str::from_utf8(entries.get(index)?).ok()?)
         });
         forwarded.or(peer).map(|ip| ip.to_canonical())
     }
@@ -100,8 +104,7 @@ impl GrpcApi {
             .map(|header| request.metadata().get_all(header.as_str()));
         let fields = (values.iter())
             .flat_map(|values| values.iter())
-            // A field that is not visible ASCII is no address list at all.
-            .filter_map(|value| value.to_str().ok());
+            .map(|value| value.as_bytes());
         let peer = request.remote_addr().map(|addr| addr.ip());
         self.client_address
             .resolve(fields, peer)
@@ -223,11 +226,14 @@ impl AuthApi for GrpcApi {
     }
 }
 
-/// An IP address, with or without a port (`192.0.2.1:443`, `[::1]:443`).
+/// An IP address, with or without a port (`192.0.2.1:443`, `[::1]:443`,
+/// `[::1]`).
 fn parse_ip(text: &str) -> Option<std::net::IpAddr> {
     text.parse()
         .ok()
         .or_else(|| text.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
+        // `[2001:db8::1]`: an IPv6 address in brackets without a port.
+        .or_else(|| text.strip_prefix('[')?.strip_suffix(']')?.parse().ok())
 }
 
 /// Runs one RPC inside a `request` span carrying its method (and, once
@@ -331,6 +337,14 @@ mod tests {
     use super::ClientAddress;
 
     fn resolve(hops: usize, fields: &[&str], peer: &str) -> Option<IpAddr> {
+        resolve_bytes(
+            hops,
+            &fields.iter().map(|f| f.as_bytes()).collect::<Vec<_>>(),
+            peer,
+        )
+    }
+
+    fn resolve_bytes(hops: usize, fields: &[&[u8]], peer: &str) -> Option<IpAddr> {
         let rule = ClientAddress {
             header: Some("x-forwarded-for".into()),
             trusted_hops: hops,
@@ -370,6 +384,13 @@ mod tests {
             ip("203.0.113.7")
         );
         assert_eq!(resolve(1, &["203.0.113.7:8080"], peer), ip("203.0.113.7"));
+        assert_eq!(resolve(1, &["[2001:db8::1]"], peer), ip("2001:db8::1"));
+        // A byte that is no visible ASCII spoils only its own entry, not
+        // the proxy's on the same line.
+        let spoiled: &[u8] = b"6.6.6.6\x80, 203.0.113.7";
+        assert_eq!(resolve_bytes(1, &[spoiled], peer), ip("203.0.113.7"));
+        let spoiled_last: &[u8] = b"203.0.113.7, 6.6.6.6\x80";
+        assert_eq!(resolve_bytes(1, &[spoiled_last], peer), ip(peer));
     }
 
     #[test]
@@ -385,7 +406,8 @@ mod tests {
             header: None,
             trusted_hops: 1,
         };
-        assert_eq!(direct.resolve(["203.0.113.7"], peer.parse().ok()), ip(peer));
+        let line: &[u8] = b"203.0.113.7";
+        assert_eq!(direct.resolve([line], peer.parse().ok()), ip(peer));
         assert_eq!(resolve(1, &["1.2.3.4"], "bad"), ip("1.2.3.4"));
         assert_eq!(resolve(1, &[], "bad"), None);
     }

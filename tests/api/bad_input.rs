@@ -450,7 +450,10 @@ fn cases(tokens: &Tokens) -> Vec<Case> {
         ),
         ("73 bytes, 4-byte chars", format!("{}x", "😀".repeat(18))),
         ("75 bytes of euro", "€".repeat(25)),
-        ("73 bytes after NFKC", "\u{fdfa}".repeat(4)),
+        // Eight characters as typed; NFKC expands each to 18 (33 bytes).
+        ("73 bytes after NFKC", "\u{fdfa}".repeat(8)),
+        // One character as typed, however many NFKC makes of it.
+        ("one character NFKC expands to 18", "\u{fdfa}".into()),
         ("2 KiB", "p".repeat(2048)),
         ("60 KiB", "p".repeat(60_000)),
     ] {

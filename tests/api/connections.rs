@@ -103,7 +103,14 @@ async fn a_connection_that_never_starts_http2_is_closed_after_the_handshake_time
     // Half a preface is not a handshake either.
     let mut slow = TcpStream::connect(app.addr).await.unwrap();
     slow.write_all(&PREFACE_AND_SETTINGS[..10]).await.unwrap();
-    for connection in [&mut silent, &mut slow] {
+    // Nor is a preface and the header of a SETTINGS frame whose 6-byte
+    // payload never comes.
+    let mut unfinished = TcpStream::connect(app.addr).await.unwrap();
+    unfinished
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x06\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    for connection in [&mut silent, &mut slow, &mut unfinished] {
         // The server sends its SETTINGS, then closes the connection: the
         // read ends (end of stream or a reset) rather than hanging.
         let mut received = Vec::new();
@@ -146,6 +153,121 @@ async fn an_idle_http2_connection_gets_a_goaway_and_a_busy_one_does_not() {
         .await
         .expect("the idle connection was closed");
     assert!(ended.is_ok(), "{ended:?}");
+    app.stop().await;
+}
+
+/// An HTTP/2 connection to `addr` and a request to `path` whose headers
+/// are sent and whose body never ends; returns the answer's future.
+async fn stalled_request(
+    addr: std::net::SocketAddr,
+    path: &str,
+) -> (
+    h2::client::ResponseFuture,
+    h2::SendStream<bytes::Bytes>,
+    h2::client::SendRequest<bytes::Bytes>,
+) {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(stream).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, body) = client.send_request(request, false).unwrap();
+    (response, body, client)
+}
+
+/// The gRPC status of a trailers-only answer.
+fn grpc_status(response: &http::Response<h2::RecvStream>) -> Option<&str> {
+    response.headers().get("grpc-status")?.to_str().ok()
+}
+
+#[tokio::test]
+async fn a_request_whose_body_never_ends_is_answered_within_the_request_timeout() {
+    let app = TestApp::spawn_with(|c| c.listen.request_timeout = Duration::from_secs(1)).await;
+    let (response, _body, _client) =
+        stalled_request(app.addr, "/realchat.auth.v1.AuthApi/Login").await;
+    let response = tokio::time::timeout(Duration::from_secs(30), response)
+        .await
+        .expect("an answer, not a request held open forever")
+        .unwrap();
+    // UNAVAILABLE (14), as a handler past the timeout.
+    assert_eq!(grpc_status(&response), Some("14"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn requests_over_the_in_flight_limit_are_refused_with_retry_info() {
+    let app = TestApp::spawn_with(|c| c.listen.grpc_max_requests_in_flight = 1).await;
+    // One request that holds the only place ...
+    let (_response, _body, _client) =
+        stalled_request(app.addr, "/realchat.auth.v1.AuthApi/Login").await;
+    // ... (once the server has it) ...
+    let client = app.client.clone();
+    let refused = eventually(Duration::from_secs(30), "the limit to refuse", || {
+        let mut client = client.clone();
+        async move {
+            let answer = client
+                .register(RegisterRequest {
+                    email: "late@example.com".into(),
+                    password: "a fine passphrase".into(),
+                })
+                .await;
+            answer
+                .err()
+                .filter(|s| s.code() == tonic::Code::ResourceExhausted)
+        }
+    })
+    .await;
+    // ... so the next is RESOURCE_EXHAUSTED with a delay to wait.
+    use tonic_types::StatusExt as _;
+    let retry = refused
+        .get_error_details()
+        .retry_info()
+        .and_then(|r| r.retry_delay);
+    assert_eq!(retry, Some(Duration::from_secs(1)));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_watch_stream_does_not_keep_its_connection_from_making_room() {
+    let app = TestApp::spawn_with(|c| c.listen.grpc_max_connections = 2).await;
+    // The app's own client holds one place; a health Watch on a second
+    // connection holds the other, streaming for as long as it is open.
+    let channel = Endpoint::from_shared(format!("http://{}", app.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let mut watch = health
+        .watch(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    watch.message().await.unwrap();
+    // A response stream is not a request in flight: the Watch's
+    // connection is closed to make room, and the newcomer is served.
+    register_on_a_new_connection(format!("http://{}", app.addr), "watcher@example.com").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_http_port_closes_silent_connections_to_make_room_for_a_probe() {
+    let app = TestApp::spawn_with(|c| {
+        c.listen.http_max_connections = 4;
+        // Longer than the test: only the limit's eviction can free a place.
+        c.listen.http_header_timeout = Duration::from_secs(300);
+    })
+    .await;
+    let _flood = silent_connections(app.http_addr, 40).await;
+    let answered =
+        tokio::time::timeout(Duration::from_secs(60), http_get(app.http_addr, "/healthz"))
+            .await
+            .expect("the probe was answered while the flood held");
+    assert_eq!(answered.0, 200);
     app.stop().await;
 }
 

@@ -302,6 +302,33 @@ async fn a_whole_script_look_alike_is_already_registered_but_ascii_neighbours_ar
 }
 
 #[tokio::test]
+async fn a_dot_above_hidden_by_a_soft_dot_is_already_registered() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client.clone();
+    app.register("kim@example.org", "kim's passphrase").await;
+    app.register("a@kim-lookalike.org", "a's passphrase").await;
+    // `KİM` lower-cases to i + U+0307, which renders as `kim`; so does
+    // `j` + U+0307 as `j`, in the local part or in a domain label.
+    app.register("john@example.org", "john's passphrase").await;
+    for look_alike in [
+        "KİM@example.org",
+        "ki\u{307}m@example.org",
+        "a@KİM-lookalike.org",
+        "j\u{307}ohn@example.org",
+    ] {
+        let status = expect_code(
+            client
+                .register(request(look_alike, "another password"))
+                .await,
+            Code::AlreadyExists,
+        );
+        assert_eq!(status.message(), "email already registered", "{look_alike}");
+    }
+    assert_eq!(count(&app, "users").await, 3);
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn racing_look_alikes_give_one_user_and_never_internal() {
     let app = TestApp::spawn().await;
     let mut calls = Vec::new();

@@ -329,15 +329,57 @@ async fn made_up_method_names_share_one_series_and_broken_framing_counts_as_inva
             "{name}"
         );
     }
+    // Requests the client breaks off (a reset with a reason of its
+    // choosing, mid-body) are answered by no one and counted by no one: the
+    // reset's reason would otherwise become the counted code (INTERNAL for
+    // PROTOCOL_ERROR).
+    let addr = grpc_url(&server)
+        .await
+        .trim_start_matches("http://")
+        .to_owned();
+    let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(stream).await.unwrap();
+    tokio::spawn(connection);
+    for reason in [
+        h2::Reason::PROTOCOL_ERROR,
+        h2::Reason::INTERNAL_ERROR,
+        h2::Reason::CANCEL,
+        h2::Reason::ENHANCE_YOUR_CALM,
+    ] {
+        let mut client = client.clone().ready().await.unwrap();
+        let request = http::Request::post(format!("http://{addr}/realchat.auth.v1.AuthApi/Login"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        let (_, mut body) = client.send_request(request, false).unwrap();
+        body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 9, 0x0a]), false)
+            .unwrap();
+        body.send_reset(reason);
+    }
+    // Requests after them on the same connection are answered once the
+    // resets have been read.
+    for _ in 0..3 {
+        let answer = crate::wire::send_framed_on(channel.clone(), "Register", vec![]).await;
+        assert_eq!(answer.unwrap_err().code(), tonic::Code::InvalidArgument);
+    }
     let (_, exposition) = http_get(&http, "/metrics").await;
     assert_eq!(
         metric(
             &exposition,
             r#"auth_requests_total{method="Register",code="InvalidArgument"}"#
         ),
-        Some(broken.len() as f64)
+        Some(broken.len() as f64 + 3.0)
     );
     assert!(!exposition.contains(r#"code="Internal""#), "{exposition}");
+    assert!(
+        !exposition.contains(r#"code="Unavailable""#),
+        "{exposition}"
+    );
+    assert!(
+        !exposition.contains(r#"code="ResourceExhausted""#),
+        "{exposition}"
+    );
     assert_eq!(server.terminate().await, Some(0));
 }
 

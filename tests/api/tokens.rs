@@ -312,10 +312,17 @@ async fn a_crit_header_is_refused_even_under_our_own_signature() {
     // understand; we understand none, so the token is refused.
     let mut extended = header.clone();
     extended["urn:example:must-understand"] = true.into();
-    let mut critical = extended.clone();
-    critical["crit"] = serde_json::json!(["urn:example:must-understand"]);
-    let status = expect_code(refresh(&app, &sign(&critical)).await, Code::Unauthenticated);
-    assert_eq!(status.message(), "invalid refresh token");
+    // The member's presence is what counts, so `"crit": null` is refused
+    // too.
+    for crit in [
+        serde_json::json!(["urn:example:must-understand"]),
+        serde_json::Value::Null,
+    ] {
+        let mut critical = extended.clone();
+        critical["crit"] = crit.clone();
+        let status = expect_code(refresh(&app, &sign(&critical)).await, Code::Unauthenticated);
+        assert_eq!(status.message(), "invalid refresh token", "crit {crit}");
+    }
     // The control: the same header and extension without `crit`, signed the
     // same way, is taken, so the refusal above is the `crit` header's.
     refresh(&app, &sign(&extended)).await.unwrap();

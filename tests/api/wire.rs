@@ -100,8 +100,17 @@ pub async fn send_framed(app: &TestApp, method: &str, body: Vec<u8>) -> Result<(
 
 /// [`send_framed`] on a channel to any server.
 pub async fn send_framed_on(
-    mut channel: tonic::transport::Channel,
+    channel: tonic::transport::Channel,
     method: &str,
+    body: Vec<u8>,
+) -> Result<(), tonic::Status> {
+    send_framed_to(channel, &method_path(method), body).await
+}
+
+/// [`send_framed`] to the method at `path` of any service.
+pub async fn send_framed_to(
+    mut channel: tonic::transport::Channel,
+    path: &str,
     body: Vec<u8>,
 ) -> Result<(), tonic::Status> {
     use http_body::Body as _;
@@ -111,7 +120,7 @@ pub async fn send_framed_on(
     } else {
         tonic::body::Body::new(OneChunk(Some(body.into())))
     };
-    let request = http::Request::post(method_path(method))
+    let request = http::Request::post(path)
         .header("content-type", "application/grpc")
         .header("te", "trailers")
         .body(body)
@@ -197,6 +206,34 @@ async fn broken_grpc_framing_is_invalid_argument_in_our_words() {
     send_framed(&app, "Register", frame(&register))
         .await
         .unwrap();
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn health_and_reflection_refuse_unreadable_requests_with_invalid_argument() {
+    let app = TestApp::spawn().await;
+    let mut bodies = broken_framing();
+    // A varint that never ends: not a HealthCheckRequest (tonic's own codec
+    // calls that INTERNAL).
+    bodies.push(("invalid varint", frame(&[0x0a, 0xff])));
+    for (name, body) in bodies {
+        let status = expect_code(
+            send_framed_to(app.channel().await, "/grpc.health.v1.Health/Check", body).await,
+            Code::InvalidArgument,
+        );
+        assert!(
+            status.message().starts_with("malformed "),
+            "{name}: {status:?}"
+        );
+    }
+    // The control: a well-framed empty request is answered.
+    send_framed_to(
+        app.channel().await,
+        "/grpc.health.v1.Health/Check",
+        frame(&[]),
+    )
+    .await
+    .unwrap();
     app.stop().await;
 }
 

@@ -17,8 +17,9 @@ use crate::keys::{Jwk, VerificationKey};
 /// - its header's `typ` names the expected kind (`at+jwt`, `rt+jwt`);
 /// - its `kid` is one of the set's, and its `alg` is the one that key
 ///   allows (so `none`, HMAC and another key type's algorithm are refused);
-/// - it has no `crit` header: it would name extensions we do not
-///   understand, which RFC 7515 §4.1.11 says to refuse;
+/// - it has no `crit` header, whatever its value (`null` included): it
+///   would name extensions we do not understand, which RFC 7515 §4.1.11
+///   says to refuse;
 /// - the signature verifies, and `exp`, `iat`, `iss`, `aud` and `sub` are
 ///   present, `iss` and `aud` (one string) match;
 /// - it has not expired and is not before its `nbf`, each with the leeway;
@@ -40,7 +41,17 @@ struct JwkSet {
 /// The header members that jsonwebtoken's `Header` does not carry.
 #[derive(Deserialize)]
 struct Critical {
-    crit: Option<serde::de::IgnoredAny>,
+    /// Whether the header has a `crit` member, whatever its value: RFC 7515
+    /// §4.1.11 turns on the member's presence, and `Option` would read
+    /// `"crit": null` as absent.
+    #[serde(default, deserialize_with = "present")]
+    crit: bool,
+}
+
+/// Skips a member's value, of any JSON type (null included), and records
+/// that the member was there.
+fn present<'de, D: serde::Deserializer<'de>>(value: D) -> Result<bool, D::Error> {
+    serde::de::IgnoredAny::deserialize(value).map(|_| true)
 }
 
 impl Verifier {
@@ -175,7 +186,7 @@ fn has_crit(token: &str) -> bool {
         .and_then(|header| URL_SAFE_NO_PAD.decode(header).ok())
         .and_then(|json| serde_json::from_slice::<Critical>(&json).ok())
         // A header that decoded once cannot fail here; if it did, refuse.
-        .is_none_or(|header| header.crit.is_some())
+        .is_none_or(|header| header.crit)
 }
 
 #[cfg(test)]
@@ -291,11 +302,11 @@ mod tests {
             b64(&serde_json::json!({"alg": "none", "typ": "at+jwt", "kid": keys.kid})),
             b64(&claims())
         );
-        let crit = {
+        let with_crit = |crit: serde_json::Value| {
             let token = sign(&keys, &at, &claims());
             let (_, rest) = token.split_once('.').unwrap();
             let h = serde_json::json!({
-                "alg": "EdDSA", "typ": "at+jwt", "kid": keys.kid, "crit": ["exp"], "exp": now
+                "alg": "EdDSA", "typ": "at+jwt", "kid": keys.kid, "crit": crit, "exp": now
             });
             // Re-signed, so only the crit header differs from a good token.
             let payload = rest.split('.').next().unwrap();
@@ -347,7 +358,18 @@ mod tests {
                 with_header(&|h| h.typ = Some("JWT".into())),
             ),
             ("no typ", "typ None", with_header(&|h| h.typ = None)),
-            ("crit", "crit header", crit),
+            ("crit", "crit header", with_crit(serde_json::json!(["exp"]))),
+            // RFC 7515 §4.1.11: the member's presence is what counts.
+            (
+                "crit null",
+                "crit header",
+                with_crit(serde_json::Value::Null),
+            ),
+            (
+                "crit empty",
+                "crit header",
+                with_crit(serde_json::json!([])),
+            ),
             (
                 "wrong iss",
                 "InvalidIssuer",

@@ -26,12 +26,24 @@ pub struct NewEvent<'a> {
 /// ([`realchat_runtime::outbox::NOTIFY_CHANNEL`]), which PostgreSQL delivers
 /// when (and only if) the surrounding transaction commits.
 ///
+/// The insert first takes a transaction-scoped advisory lock on the
+/// aggregate, held until commit, so two transactions writing events of one
+/// aggregate take their `seq` in the order they commit: without it a
+/// transaction that got the lower `seq` could commit second, and the relay
+/// (which publishes what has committed, in `seq` order) would put the
+/// aggregate's events on the topic out of `seq` order. Call it after the
+/// transaction's other locks (the use-cases write their events last), so
+/// this lock is always the last one taken and cannot deadlock.
+///
 /// # Errors
 /// [`StoreError`].
 pub async fn insert(conn: &mut PgConnection, event: NewEvent<'_>) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "WITH ordered AS (
+           SELECT pg_advisory_xact_lock(hashtextextended($2 || '/' || $3, 0))
+         )
+         INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload, created_at)
+         SELECT $1, $2, $3, $4, $5, $6 FROM ordered",
     )
     .bind(event.id)
     .bind(event.aggregatetype)

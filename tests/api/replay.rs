@@ -216,14 +216,12 @@ async fn replaying_the_user_topic_rebuilds_every_account_and_live_session() {
     );
     let swaps = check_order(&history, &log, &outbox, &database, &mut problems);
     check_no_secrets(&records, &log.rows, &model, &mut problems);
-    let kept = check_erasure(&app, &model, &mut problems).await;
+    check_erasure(&app, &model, &mut problems).await;
     let report = stats.report(&history, &projection);
     eprintln!(
         "replay: REPLAY_SEED={seed}: {step} steps, {} calls in {mixed:.1?}, checked in {:.1?}, \
          {} messages ({} events), {} users left with {} live sessions; {swaps} pairs of \
-         events of concurrent calls on one user arrived in another order than their seq; \
-         {kept} rows that waited for the relay at their account's deletion still hold its \
-         email\n{report}",
+         events of concurrent calls on one user checked for seq order\n{report}",
         stats.calls,
         started.elapsed() - mixed,
         records.len(),
@@ -348,6 +346,60 @@ async fn a_deleted_accounts_waiting_events_keep_no_email_once_published() {
         },
     )
     .await;
+    app.stop().await;
+}
+
+/// Two transactions writing events of one user: the one that writes first
+/// holds the aggregate until it commits, so the second takes the next
+/// `seq` only after it — `seq` order is commit order, which is the order
+/// the relay can publish in. Without the lock the second could commit
+/// first with the higher `seq`, and the topic would show them swapped.
+#[tokio::test]
+async fn events_of_one_user_take_their_seq_in_commit_order() {
+    use realchat_auth::store::outbox::{NewEvent, insert};
+    let app = TestApp::spawn().await;
+    let user = Uuid::now_v7().to_string();
+    let event = |id: Uuid| NewEvent {
+        id,
+        aggregatetype: "user",
+        aggregateid: user.clone(),
+        event_type: "SessionStarted",
+        payload: serde_json::json!({}),
+        occurred_at: chrono::Utc::now(),
+    };
+    let (first, second) = (Uuid::now_v7(), Uuid::now_v7());
+    let mut one = app.pool.begin().await.unwrap();
+    insert(&mut one, event(first)).await.unwrap();
+    let pool = app.pool.clone();
+    let other = event(second);
+    let two = tokio::spawn(async move {
+        let mut two = pool.begin().await.unwrap();
+        insert(&mut two, other).await.unwrap();
+        two.commit().await.unwrap();
+    });
+    // The second waits for the first's lock ...
+    eventually(Duration::from_secs(30), "the second writer to wait", || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks
+             WHERE locktype = 'advisory' AND NOT granted
+               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        (waiting == 1).then_some(())
+    })
+    .await;
+    // ... and writes after the first commits.
+    one.commit().await.unwrap();
+    two.await.unwrap();
+    let order: Vec<Uuid> =
+        sqlx::query_scalar("SELECT id FROM outbox WHERE aggregateid = $1 ORDER BY seq")
+            .bind(&user)
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(order, [first, second]);
     app.stop().await;
 }
 
@@ -2176,19 +2228,16 @@ fn check_order(
                 rows.len()
             ));
         }
-        // Per key, the topic keeps the outbox's seq order. A step's calls
-        // all answered before the next step began, so events of different
-        // steps must come in seq order, and so must the events of one step
-        // where one call was about the user (one transaction). Calls about
-        // one user running at once are only ordered by their commits, which
-        // seq (taken at insert time) need not follow: those are counted.
+        // Per key, the topic keeps the outbox's seq order, calls about one
+        // user running at once included: the outbox insert locks the
+        // aggregate, so seq follows commit order. (`swaps` counts the pairs
+        // of such concurrent calls checked, to show the case occurred.)
         for (j, (later, b)) in events.iter().enumerate() {
             for (earlier, a) in &events[..j] {
-                if a.seq < b.seq {
-                    continue;
-                }
                 if a.step == b.step && concurrent.contains(&(a.step, (*key).to_owned())) {
                     swaps += 1;
+                }
+                if a.seq < b.seq {
                     continue;
                 }
                 problems.push(format!(
@@ -2253,14 +2302,11 @@ struct Mention {
 
 /// An email whose account was deleted (and that no call named since)
 /// appears nowhere in the database: no table, published outbox rows
-/// included (every row is published by now). Rows that were still waiting
-/// for the relay at the deletion are only counted (returned): whether they
-/// keep the email once published is
-/// [`a_deleted_accounts_waiting_events_keep_no_email_once_published`]'s
-/// business, so that a gap there fails one test by name, not this one at
-/// random.
-async fn check_erasure(app: &TestApp, model: &Model, problems: &mut Vec<String>) -> usize {
-    let mut kept = 0;
+/// included (every row is published by now), rows that were still waiting
+/// for the relay at the deletion too (erased when their user's UserDeleted
+/// was published; [`a_deleted_accounts_waiting_events_keep_no_email_once_published`]
+/// shows that case by name).
+async fn check_erasure(app: &TestApp, model: &Model, problems: &mut Vec<String>) {
     let tables: Vec<String> = sqlx::query_scalar(
         "SELECT table_name::text FROM information_schema.tables
          WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'
@@ -2292,17 +2338,14 @@ async fn check_erasure(app: &TestApp, model: &Model, problems: &mut Vec<String>)
         .await
         .unwrap();
         for row in outbox {
-            if row.waited {
-                kept += 1;
-                continue;
-            }
             problems.push(format!(
                 "{email} was deleted and is still in the outbox: {} of {}, published at {}, \
-                 the UserDeleted written at {}",
+                 the UserDeleted written at {}{}",
                 row.event_type,
                 row.user_id,
                 row.published_at.as_deref().unwrap_or("(not yet)"),
                 row.deleted_at.as_deref().unwrap_or("(none)"),
+                if row.waited { " (it waited for the relay)" } else { "" },
             ));
         }
         for table in tables.iter().filter(|t| *t != "outbox") {
@@ -2321,5 +2364,4 @@ async fn check_erasure(app: &TestApp, model: &Model, problems: &mut Vec<String>)
             }
         }
     }
-    kept
 }

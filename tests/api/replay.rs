@@ -378,17 +378,21 @@ async fn events_of_one_user_take_their_seq_in_commit_order() {
         two.commit().await.unwrap();
     });
     // The second waits for the first's lock ...
-    eventually(Duration::from_secs(30), "the second writer to wait", || async {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_locks
+    eventually(
+        Duration::from_secs(30),
+        "the second writer to wait",
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks
              WHERE locktype = 'advisory' AND NOT granted
                AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-        )
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-        (waiting == 1).then_some(())
-    })
+            )
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+            (waiting == 1).then_some(())
+        },
+    )
     .await;
     // ... and writes after the first commits.
     one.commit().await.unwrap();
@@ -2345,7 +2349,11 @@ async fn check_erasure(app: &TestApp, model: &Model, problems: &mut Vec<String>)
                 row.user_id,
                 row.published_at.as_deref().unwrap_or("(not yet)"),
                 row.deleted_at.as_deref().unwrap_or("(none)"),
-                if row.waited { " (it waited for the relay)" } else { "" },
+                if row.waited {
+                    " (it waited for the relay)"
+                } else {
+                    ""
+                },
             ));
         }
         for table in tables.iter().filter(|t| *t != "outbox") {

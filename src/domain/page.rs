@@ -20,7 +20,7 @@ pub enum PageError {
     /// `page_size` below zero.
     #[error("page_size must not be negative")]
     NegativeSize,
-    /// A `page_token` this server did not issue (or a damaged one).
+    /// A `page_token` not in the form this server issues (or a damaged one).
     #[error("page_token is not a token this server issued")]
     BadToken,
 }
@@ -52,6 +52,10 @@ pub struct SessionCursor {
 /// The first byte of a token: its layout, so a later layout can be told
 /// apart from this one.
 const VERSION: u8 = 1;
+/// The latest `created_at` a cursor may hold: 9999-12-31T23:59:59.999999Z,
+/// microseconds since the epoch.
+const MAX_MICROS: i64 = 253_402_300_799_999_999;
+
 /// Version, microseconds since the epoch (big-endian i64), the UUID.
 const TOKEN_BYTES: usize = 1 + 8 + 16;
 
@@ -62,7 +66,10 @@ impl SessionCursor {
     /// # Errors
     /// [`PageError::BadToken`] for anything [`SessionCursor::encode`] does
     /// not produce (the unpadded URL-safe base64 alphabet only, canonical
-    /// trailing bits, the exact length and version).
+    /// trailing bits, the exact length and version, a time from the epoch to
+    /// year 9999). The token is not signed: a well-formed token the server
+    /// did not issue is a cursor like any other and pages from there, which
+    /// shows the caller nothing but its own sessions.
     pub fn parse(token: &str) -> Result<Option<Self>, PageError> {
         if token.is_empty() {
             return Ok(None);
@@ -80,6 +87,12 @@ impl SessionCursor {
         let (micros, id) = rest.split_at_checked(8).ok_or(PageError::BadToken)?;
         let micros = i64::from_be_bytes(micros.try_into().map_err(|_| PageError::BadToken)?);
         let id = Uuid::from_slice(id).map_err(|_| PageError::BadToken)?;
+        // A session's `created_at` is between the epoch and year 10000;
+        // outside it the time is no cursor we issued, and PostgreSQL would
+        // refuse it as out of range (an INTERNAL, were it sent).
+        if !(0..=MAX_MICROS).contains(&micros) {
+            return Err(PageError::BadToken);
+        }
         let created_at = DateTime::from_timestamp_micros(micros).ok_or(PageError::BadToken)?;
         Ok(Some(Self {
             created_at,
@@ -136,6 +149,11 @@ mod tests {
         let mut other_version = URL_SAFE_NO_PAD.decode(&good).unwrap();
         other_version[0] = 2;
         let short = URL_SAFE_NO_PAD.encode([1u8; 24]);
+        // Times PostgreSQL cannot hold (year -5000), or before the epoch.
+        let mut ancient = URL_SAFE_NO_PAD.decode(&good).unwrap();
+        ancient[1..9].copy_from_slice(&(-220_000_000_000_000_000_i64).to_be_bytes());
+        let mut before_epoch = ancient.clone();
+        before_epoch[1..9].copy_from_slice(&(-1_i64).to_be_bytes());
         for bad in [
             "garbage!".to_owned(),
             "AAAA".to_owned(),
@@ -146,6 +164,8 @@ mod tests {
             format!(" {good}"),
             URL_SAFE_NO_PAD.encode(other_version),
             short,
+            URL_SAFE_NO_PAD.encode(ancient),
+            URL_SAFE_NO_PAD.encode(before_epoch),
             "A".repeat(60_000),
             "\0".into(),
         ] {

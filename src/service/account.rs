@@ -193,7 +193,7 @@ impl AuthService {
         let checked = self
             .check_password(Some(&account.email), current, client.address.as_deref())
             .await?;
-        if checked != caller.user_id() {
+        if checked.user_id != caller.user_id() {
             // The email now names another account (this one deleted and the
             // address registered again since the call was authenticated).
             return Err(ServiceError::InvalidAccessToken("account deleted".into()));
@@ -203,8 +203,14 @@ impl AuthService {
         let (user_id, keep) = (caller.user_id(), caller.session_id());
         let now = Utc::now();
         let mut tx = self.pool.begin().await?;
-        if !store::users::set_password_hash(&mut tx, user_id, &hash).await? {
-            return Err(ServiceError::InvalidAccessToken("account deleted".into()));
+        // Only over the hash that was checked: a concurrent change that
+        // committed first made `current_password` stale.
+        if !store::users::set_password_hash(&mut tx, user_id, &checked.hash, &hash).await? {
+            if !store::users::lock(&mut tx, user_id).await? {
+                return Err(ServiceError::InvalidAccessToken("account deleted".into()));
+            }
+            tracing::info!("password changed during ChangePassword");
+            return Err(ServiceError::InvalidCredentials);
         }
         if !store::sessions::lock_user_sessions(&mut tx, keep, user_id).await? {
             // Revoked while the password was checked: the change is dropped
@@ -258,7 +264,7 @@ impl AuthService {
             .check_password(Some(&account.email), password, client.address.as_deref())
             .await?;
         let user_id = caller.user_id();
-        if checked != user_id {
+        if checked.user_id != user_id {
             return Err(ServiceError::InvalidAccessToken("account deleted".into()));
         }
 
@@ -266,6 +272,10 @@ impl AuthService {
         let mut tx = self.pool.begin().await?;
         if !store::users::lock(&mut tx, user_id).await? {
             return Err(ServiceError::InvalidAccessToken("account deleted".into()));
+        }
+        if !store::users::password_still(&mut tx, user_id, &checked.hash).await? {
+            tracing::info!("password changed during DeleteAccount");
+            return Err(ServiceError::InvalidCredentials);
         }
         if !store::sessions::lock_user_sessions(&mut tx, caller.session_id(), user_id).await? {
             return Err(ServiceError::InvalidAccessToken("session revoked".into()));

@@ -13,7 +13,10 @@ impl AuthService {
     /// email; `None` for an address that cannot exist, which is checked
     /// against the dummy hash like an unknown one) under the login throttle,
     /// per account and per `client` address ([`super::throttle`]). Returns
-    /// the account's user id.
+    /// the account's user id and its password hash as it is after the check
+    /// (what [`store::users::password_still`] and a password change compare
+    /// against, so nothing the checked password allows can commit once the
+    /// password has changed).
     ///
     /// A wrong password stays counted; a right one forgets the account's
     /// failures, and its hash is upgraded when the bcrypt cost was raised
@@ -27,7 +30,7 @@ impl AuthService {
         account: Option<&str>,
         password: PasswordAttempt,
         client: Option<&str>,
-    ) -> Result<UserId, ServiceError> {
+    ) -> Result<Checked, ServiceError> {
         let (credentials, attempt) = {
             let mut conn = self.pool.acquire().await?;
             let attempt = self.throttle.begin(&mut conn, account, client).await?;
@@ -42,7 +45,7 @@ impl AuthService {
             None => (None, None),
         };
         // No connection is held while bcrypt runs.
-        let verified = match self.hasher.verify(password, stored).await {
+        let verified = match self.hasher.verify(password, stored.clone()).await {
             Ok(verified) => verified,
             Err(e) => {
                 // Refused before the password was checked (pool full): not a
@@ -51,8 +54,8 @@ impl AuthService {
                 return Err(e.into());
             }
         };
-        let user_id = match (verified.matched, user_id) {
-            (true, Some(user_id)) => user_id,
+        let (user_id, stored) = match (verified.matched, user_id, stored) {
+            (true, Some(user_id), Some(stored)) => (user_id, stored),
             _ => {
                 attempt.failed();
                 return Err(ServiceError::InvalidCredentials);
@@ -60,13 +63,27 @@ impl AuthService {
         };
         let mut conn = self.pool.acquire().await?;
         attempt.succeeded(&mut conn).await?;
+        let mut hash = stored;
         if let Some(new_hash) = verified.upgraded_hash {
             // The cost was raised since this hash was made: store the
-            // stronger one. A failure here must not fail the check.
-            if let Err(e) = store::users::set_password_hash(&mut conn, user_id, &new_hash).await {
-                tracing::warn!(%user_id, error = %e, "could not store the rehashed password");
+            // stronger one, unless the password changed meanwhile. A failure
+            // here must not fail the check.
+            match store::users::set_password_hash(&mut conn, user_id, &hash, &new_hash).await {
+                Ok(true) => hash = new_hash,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(%user_id, error = %e, "could not store the rehashed password");
+                }
             }
         }
-        Ok(user_id)
+        Ok(Checked { user_id, hash })
     }
+}
+
+/// A password that was right: whose account, and its hash then.
+pub(super) struct Checked {
+    /// The account's user id.
+    pub user_id: UserId,
+    /// The account's password hash after the check.
+    pub hash: String,
 }

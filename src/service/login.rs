@@ -49,13 +49,14 @@ impl AuthService {
         // Before the throttle: a bad name is the client's bug, not a guess.
         let device_name = DeviceName::parse(device_name)
             .map_err(|e| ServiceError::InvalidArgument(vec![violation("device_name", e)]))?;
-        let user_id = self
+        let checked = self
             .check_password(
                 email.as_ref().map(Email::as_str),
                 password,
                 client.address.as_deref(),
             )
             .await?;
+        let user_id = checked.user_id;
 
         let session_id = SessionId::new_v7();
         let now = Utc::now();
@@ -69,6 +70,15 @@ impl AuthService {
         let pair = self.tokens.pair(&refresh, now.timestamp())?;
         let started_at = from_secs(refresh.iat)?;
         let mut tx = self.pool.begin().await?;
+        // The password checked must still be the account's, held so until
+        // the session commits: a ChangePassword that committed meanwhile
+        // would otherwise leave a session started with the old password
+        // live, and one that comes after revokes this session with the
+        // others.
+        if !store::users::password_still(&mut tx, user_id, &checked.hash).await? {
+            tracing::info!(%user_id, "password changed or account deleted during login");
+            return Err(ServiceError::InvalidCredentials);
+        }
         let inserted = store::sessions::insert(
             &mut tx,
             &store::sessions::NewSession {

@@ -32,8 +32,11 @@ pub struct NewEvent<'a> {
 /// transaction that got the lower `seq` could commit second, and the relay
 /// (which publishes what has committed, in `seq` order) would put the
 /// aggregate's events on the topic out of `seq` order. Call it after the
-/// transaction's other locks (the use-cases write their events last), so
-/// this lock is always the last one taken and cannot deadlock.
+/// transaction's row locks on users and sessions (the use-cases write their
+/// events last): a transaction holding this lock may still take rows no one
+/// holds while waiting for it (DeleteAccount's throttle and published
+/// outbox rows), but never a row another writer of the aggregate may hold,
+/// so it cannot deadlock.
 ///
 /// # Errors
 /// [`StoreError`].

@@ -39,21 +39,49 @@ pub async fn insert(
 }
 
 /// Replaces the password hash of user `id` (rehash on login at a higher
-/// cost, ChangePassword). Returns false when the user no longer exists.
+/// cost, ChangePassword) if it is still `current`, the one the caller
+/// checked. Returns false when the user no longer exists or its password
+/// changed meanwhile, so a check of an old password never overwrites a new
+/// one.
 ///
 /// # Errors
 /// [`StoreError`].
 pub async fn set_password_hash(
     conn: &mut PgConnection,
     id: UserId,
+    current: &str,
     password_hash: &str,
 ) -> Result<bool, StoreError> {
-    let done = sqlx::query("UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1")
-        .bind(id)
-        .bind(password_hash)
-        .execute(conn)
-        .await?;
+    let done = sqlx::query(
+        "UPDATE users SET password_hash = $3, updated_at = now()
+         WHERE id = $1 AND password_hash = $2",
+    )
+    .bind(id)
+    .bind(current)
+    .bind(password_hash)
+    .execute(conn)
+    .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// Whether user `id` exists and its password hash is still `hash`, holding
+/// its row (`FOR SHARE`) until the transaction ends, so the password cannot
+/// change before the caller commits what that password allowed (a session).
+///
+/// # Errors
+/// [`StoreError`].
+pub async fn password_still(
+    conn: &mut PgConnection,
+    id: UserId,
+    hash: &str,
+) -> Result<bool, StoreError> {
+    let found: Option<UserId> =
+        sqlx::query_scalar("SELECT id FROM users WHERE id = $1 AND password_hash = $2 FOR SHARE")
+            .bind(id)
+            .bind(hash)
+            .fetch_optional(conn)
+            .await?;
+    Ok(found.is_some())
 }
 
 /// A user's id and password hash, for login. `Debug` leaves the hash out.

@@ -996,3 +996,76 @@ async fn calls_racing_a_deletion_are_unauthenticated_never_internal() {
     assert_eq!(types, ["UserRegistered", "SessionStarted"]);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_password_changed_during_a_login_or_a_change_wins_over_the_old_one() {
+    let app = TestApp::spawn().await;
+    let email = "olga@example.com";
+    let user_id = app.register(email, "olga's password").await;
+    let session = app.login(email, "olga's password").await;
+    app.register("pete@example.com", "pete's password").await;
+    let other_hash: String =
+        sqlx::query_scalar("SELECT password_hash FROM users WHERE email = 'pete@example.com'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+
+    // A password change, uncommitted, holds the user's row while a Login
+    // and a ChangePassword that both checked the old password reach the
+    // point where what they allow would commit.
+    let mut changing = PgConnection::connect(&app.database_url).await.unwrap();
+    let mut tx = changing.begin().await.unwrap();
+    sqlx::query("UPDATE users SET password_hash = $2 WHERE id = $1")
+        .bind(user_id)
+        .bind(&other_hash)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let login = tokio::spawn({
+        let mut client = app.client.clone();
+        async move {
+            client
+                .login(LoginRequest {
+                    email: email.into(),
+                    password: "olga's password".into(),
+                    ..Default::default()
+                })
+                .await
+        }
+    });
+    let change = tokio::spawn({
+        let mut client = app.account.clone();
+        let access = session.access_token.clone();
+        async move {
+            client
+                .change_password(bearer(
+                    ChangePasswordRequest {
+                        current_password: "olga's password".into(),
+                        new_password: "olga's second password".into(),
+                    },
+                    &access,
+                ))
+                .await
+        }
+    });
+    wait_for_blocked(&app, 2).await;
+    tx.commit().await.unwrap();
+
+    // The old password no longer starts a session (one that started would
+    // outlive the change), nor changes the new one.
+    expect_code(login.await.unwrap(), Code::Unauthenticated);
+    expect_code(change.await.unwrap(), Code::Unauthenticated);
+    let sessions: i64 = sqlx::query_scalar("SELECT count(*) FROM sessions WHERE user_id = $1")
+        .bind(user_id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(sessions, 1, "only the session from before the change");
+    let hash: String = sqlx::query_scalar("SELECT password_hash FROM users WHERE id = $1")
+        .bind(user_id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(hash, other_hash, "the committed change stands");
+    app.stop().await;
+}

@@ -736,6 +736,13 @@ fn account_rows(rows: &mut Vec<Case>, tokens: &Tokens) {
         ("page_token U+0085", 0, "\u{85}".into(), InvalidArgument),
         ("page_token RLO", 0, "\u{202e}AAAA".into(), InvalidArgument),
         ("page_token 34 x", 0, "x".repeat(34), InvalidArgument),
+        // Well formed, but a time PostgreSQL cannot hold (year -5000).
+        (
+            "page_token year -5000",
+            0,
+            "AfzyZyplagAA_____________________w".into(),
+            InvalidArgument,
+        ),
         ("page_token 60 KiB", 0, "A".repeat(60_000), InvalidArgument),
         ("page_token 70 KiB", 0, "A".repeat(70_000), OutOfRange),
         (

@@ -22,16 +22,6 @@ pub struct UserRegistered {
     pub registered_at: String,
 }
 
-impl UserEvent for UserRegistered {
-    const EVENT_TYPE: &'static str = "UserRegistered";
-    fn event_id(&self) -> Uuid {
-        self.event_id
-    }
-    fn user_id(&self) -> UserId {
-        self.user_id
-    }
-}
-
 impl UserRegistered {
     /// The event for a user created at `at`, with a fresh (v7) event id.
     pub fn new(user_id: UserId, email: &Email, at: DateTime<Utc>) -> Self {
@@ -134,16 +124,6 @@ impl SessionStarted {
     }
 }
 
-impl UserEvent for SessionStarted {
-    const EVENT_TYPE: &'static str = "SessionStarted";
-    fn event_id(&self) -> Uuid {
-        self.event_id
-    }
-    fn user_id(&self) -> UserId {
-        self.user_id
-    }
-}
-
 /// `SessionRevoked`: a live session ended (one event per session that a
 /// change actually ended; none for one already revoked).
 ///
@@ -183,16 +163,6 @@ impl SessionRevoked {
     }
 }
 
-impl UserEvent for SessionRevoked {
-    const EVENT_TYPE: &'static str = "SessionRevoked";
-    fn event_id(&self) -> Uuid {
-        self.event_id
-    }
-    fn user_id(&self) -> UserId {
-        self.user_id
-    }
-}
-
 /// `PasswordChanged`: the user's password was changed. Carries no
 /// password, hash or token.
 ///
@@ -215,16 +185,6 @@ impl PasswordChanged {
             user_id,
             changed_at: rfc3339(at),
         }
-    }
-}
-
-impl UserEvent for PasswordChanged {
-    const EVENT_TYPE: &'static str = "PasswordChanged";
-    fn event_id(&self) -> Uuid {
-        self.event_id
-    }
-    fn user_id(&self) -> UserId {
-        self.user_id
     }
 }
 
@@ -253,15 +213,29 @@ impl UserDeleted {
     }
 }
 
-impl UserEvent for UserDeleted {
-    const EVENT_TYPE: &'static str = "UserDeleted";
-    fn event_id(&self) -> Uuid {
-        self.event_id
-    }
-    fn user_id(&self) -> UserId {
-        self.user_id
-    }
+/// Implements [`UserEvent`] for event structs with `event_id` and `user_id`
+/// fields, the type name being the event type.
+macro_rules! user_events {
+    ($($event:ident),* $(,)?) => {$(
+        impl UserEvent for $event {
+            const EVENT_TYPE: &'static str = stringify!($event);
+            fn event_id(&self) -> Uuid {
+                self.event_id
+            }
+            fn user_id(&self) -> UserId {
+                self.user_id
+            }
+        }
+    )*};
 }
+
+user_events!(
+    UserRegistered,
+    SessionStarted,
+    SessionRevoked,
+    PasswordChanged,
+    UserDeleted
+);
 
 #[cfg(test)]
 mod tests {

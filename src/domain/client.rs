@@ -22,7 +22,7 @@ pub const MAX_USER_AGENT_BYTES: usize = 256;
 /// The `device_name` of a LoginRequest: trimmed of ASCII spaces, at most
 /// [`MAX_DEVICE_NAME_CHARS`] characters, with no control character and no
 /// invisible or separator character other than the ASCII space
-/// ([`invisible_or_separator`]), anywhere, ends included. Not normalised:
+/// (`invisible_or_separator`), anywhere, ends included. Not normalised:
 /// it is the user's label, shown as typed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceName(String);

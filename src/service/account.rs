@@ -146,7 +146,7 @@ impl AuthService {
     }
 
     /// Changes the caller's password. `current_password` is checked as
-    /// Login checks a password ([`AuthService::check_password`]: same
+    /// Login checks a password (`check_password` in service/credentials.rs: same
     /// bcrypt path, same throttle); `new_password` must pass the Register
     /// policy and differ from the current one. Then, in one transaction:
     /// the new hash, every other session of the user revoked (a
@@ -236,7 +236,7 @@ impl AuthService {
     }
 
     /// Deletes the caller's account after checking `password` as Login
-    /// does ([`AuthService::check_password`]). In one transaction: the
+    /// does (`check_password` in service/credentials.rs). In one transaction: the
     /// user's row, and with it (`ON DELETE CASCADE`) every session; its
     /// `UserDeleted` (which ends the sessions for consumers: no
     /// `SessionRevoked` is written); the account's throttle row; and the

@@ -17,7 +17,7 @@ impl AuthService {
     /// user agent and address on it, and writes `SessionStarted` in the
     /// same transaction. An unknown email, an email that cannot be valid
     /// and a wrong password all do one bcrypt verification and give the
-    /// same `InvalidCredentials` ([`AuthService::check_password`], under
+    /// same `InvalidCredentials` (`check_password` in service/credentials.rs, under
     /// the throttle per account and per client address).
     ///
     /// # Errors

@@ -125,6 +125,15 @@ impl TestApp {
 
     /// Logs in; panics unless it succeeds.
     pub async fn login(&self, email: &str, password: &str) -> LoginResponse {
+        self.try_login(email, password).await.expect("login")
+    }
+
+    /// Logs in, returning the answer whatever it is.
+    pub async fn try_login(
+        &self,
+        email: &str,
+        password: &str,
+    ) -> Result<LoginResponse, tonic::Status> {
         self.client
             .clone()
             .login(LoginRequest {
@@ -133,8 +142,7 @@ impl TestApp {
                 ..Default::default()
             })
             .await
-            .expect("login")
-            .into_inner()
+            .map(tonic::Response::into_inner)
     }
 
     /// Outbox rows not yet marked published.

@@ -38,6 +38,47 @@ pub fn relay_config(database_url: &str, topic_prefix: &str) -> RelayConfig {
     )
 }
 
+/// The relay running in this process, on its own task, until stopped (as a
+/// deployment stops it) or killed (as a crash would end it).
+pub struct InProcessRelay {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl InProcessRelay {
+    /// Starts the relay on `database_url`, publishing under `topic_prefix`
+    /// ([`relay_config`]).
+    pub fn start(database_url: &str, topic_prefix: &str) -> Self {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(realchat_relay::run(
+            relay_config(database_url, topic_prefix),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        Self { stop, task }
+    }
+
+    /// Drops the relay wherever it is, as a crash would (its connections
+    /// close, so its advisory lock is released).
+    pub async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+
+    /// Asks the relay to stop and waits for it, at most 30 s.
+    ///
+    /// # Errors
+    /// When it does not stop in time, panicked, or ended with an error.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        match tokio::time::timeout(Duration::from_secs(30), self.task).await {
+            Ok(ended) => ended?,
+            Err(_) => anyhow::bail!("the relay did not stop within 30 s"),
+        }
+    }
+}
+
 /// The relay's defaults with this broker, database, topic prefix and poll
 /// interval, and no metrics server (in-process relays share the process).
 /// The one place the tests and the benchmark set `RelayConfig` fields.

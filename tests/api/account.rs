@@ -8,9 +8,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use realchat_auth::proto::account_api_client::AccountApiClient;
 use realchat_auth::proto::{
-    ChangePasswordRequest, DeleteAccountRequest, GetAccountRequest, GetAccountResponse,
-    ListSessionsRequest, ListSessionsResponse, LoginRequest, LoginResponse, LogoutRequest,
-    LogoutScope, RefreshRequest, RefreshResponse, RevokeSessionRequest,
+    ChangePasswordRequest, ChangePasswordResponse, DeleteAccountRequest, GetAccountRequest,
+    GetAccountResponse, ListSessionsRequest, ListSessionsResponse, LoginRequest, LoginResponse,
+    LogoutScope, RefreshRequest, RevokeSessionRequest,
 };
 use serde_json::Value;
 use sqlx::{Connection as _, PgConnection};
@@ -19,6 +19,7 @@ use tonic::{Code, Request, Status};
 use tonic_types::StatusExt as _;
 use uuid::Uuid;
 
+use crate::tokens::{logout_scoped as logout, refresh};
 use crate::{expect_code, violated_fields};
 use realchat_testkit::app::{TestApp, bearer};
 use realchat_testkit::jwt::parts;
@@ -125,39 +126,6 @@ async fn delete_account(app: &TestApp, access: &str, password: &str) -> Result<(
         ))
         .await
         .map(|_| ())
-}
-
-async fn refresh(app: &TestApp, token: &str) -> Result<RefreshResponse, Status> {
-    app.client
-        .clone()
-        .refresh(RefreshRequest {
-            refresh_token: token.into(),
-        })
-        .await
-        .map(tonic::Response::into_inner)
-}
-
-async fn logout(app: &TestApp, token: &str, scope: LogoutScope) -> Result<(), Status> {
-    app.client
-        .clone()
-        .logout(LogoutRequest {
-            refresh_token: token.into(),
-            scope: scope as i32,
-        })
-        .await
-        .map(|_| ())
-}
-
-async fn try_login(app: &TestApp, email: &str, password: &str) -> Result<LoginResponse, Status> {
-    app.client
-        .clone()
-        .login(LoginRequest {
-            email: email.into(),
-            password: password.into(),
-            ..Default::default()
-        })
-        .await
-        .map(tonic::Response::into_inner)
 }
 
 /// Asserts the one UNAUTHENTICATED answer to refused credentials.
@@ -636,7 +604,7 @@ async fn change_password_checks_the_current_one_under_the_login_throttle() {
     // here reach the limit of 3, after which both are throttled.
     for _ in 0..2 {
         expect_code(
-            try_login(&app, "ida@example.com", "wrong guess").await,
+            app.try_login("ida@example.com", "wrong guess").await,
             Code::Unauthenticated,
         );
     }
@@ -657,7 +625,7 @@ async fn change_password_checks_the_current_one_under_the_login_throttle() {
             .is_some()
     );
     expect_code(
-        try_login(&app, "ida@example.com", "ida's password").await,
+        app.try_login("ida@example.com", "ida's password").await,
         Code::ResourceExhausted,
     );
     // Nothing changed: the old password is still the one.
@@ -665,7 +633,7 @@ async fn change_password_checks_the_current_one_under_the_login_throttle() {
         .execute(&app.pool)
         .await
         .unwrap();
-    try_login(&app, "ida@example.com", "ida's password")
+    app.try_login("ida@example.com", "ida's password")
         .await
         .unwrap();
     app.stop().await;
@@ -734,10 +702,10 @@ async fn change_password_revokes_the_other_sessions_and_keeps_the_callers() {
     get_account(&app, &rotated.access_token).await.unwrap();
     // The new password logs in; the old one does not.
     expect_code(
-        try_login(&app, "jon@example.com", "jon's password").await,
+        app.try_login("jon@example.com", "jon's password").await,
         Code::Unauthenticated,
     );
-    try_login(&app, "jon@example.com", "jon's new password")
+    app.try_login("jon@example.com", "jon's new password")
         .await
         .unwrap();
     app.stop().await;
@@ -766,7 +734,7 @@ async fn delete_account_erases_the_email_but_keeps_the_events_still_waiting() {
     let other = app.login(email, "kim's password").await;
     // A failed login leaves a throttle row named after the email.
     expect_code(
-        try_login(&app, email, "wrong guess").await,
+        app.try_login(email, "wrong guess").await,
         Code::Unauthenticated,
     );
     // The relay published the first events (UserRegistered, with the email,
@@ -847,7 +815,7 @@ async fn delete_account_erases_the_email_but_keeps_the_events_still_waiting() {
         Code::Unauthenticated,
     );
     expect_code(
-        try_login(&app, email, "kim's password").await,
+        app.try_login(email, "kim's password").await,
         Code::Unauthenticated,
     );
     // The bystander's rows are untouched, published or not.
@@ -899,6 +867,42 @@ async fn a_deletion_keeps_the_users_registration_while_it_waits_for_the_relay() 
     app.stop().await;
 }
 
+/// A Login on a task of its own, so the test can hold the lock it runs into.
+fn spawn_login(
+    app: &TestApp,
+    email: &'static str,
+    password: &'static str,
+) -> tokio::task::JoinHandle<Result<tonic::Response<LoginResponse>, Status>> {
+    let mut client = app.client.clone();
+    tokio::spawn(async move {
+        client
+            .login(LoginRequest {
+                email: email.into(),
+                password: password.into(),
+                ..Default::default()
+            })
+            .await
+    })
+}
+
+/// A ChangePassword with `access` on a task of its own, as [`spawn_login`].
+fn spawn_change_password(
+    app: &TestApp,
+    access: &str,
+    current: &'static str,
+    new: &'static str,
+) -> tokio::task::JoinHandle<Result<tonic::Response<ChangePasswordResponse>, Status>> {
+    let mut client = app.account.clone();
+    let request = bearer(
+        ChangePasswordRequest {
+            current_password: current.into(),
+            new_password: new.into(),
+        },
+        access,
+    );
+    tokio::spawn(async move { client.change_password(request).await })
+}
+
 /// Waits until `count` statements of this database wait on a lock.
 async fn wait_for_blocked(app: &TestApp, count: i64) {
     eventually(
@@ -936,18 +940,7 @@ async fn calls_racing_a_deletion_are_unauthenticated_never_internal() {
         .execute(&mut *tx)
         .await
         .unwrap();
-    let login = tokio::spawn({
-        let mut client = app.client.clone();
-        async move {
-            client
-                .login(LoginRequest {
-                    email: email.into(),
-                    password: "ned's password".into(),
-                    ..Default::default()
-                })
-                .await
-        }
-    });
+    let login = spawn_login(&app, email, "ned's password");
     let refresh = tokio::spawn({
         let mut client = app.client.clone();
         let token = session.refresh_token.clone();
@@ -959,21 +952,12 @@ async fn calls_racing_a_deletion_are_unauthenticated_never_internal() {
                 .await
         }
     });
-    let change = tokio::spawn({
-        let mut client = app.account.clone();
-        let access = session.access_token.clone();
-        async move {
-            client
-                .change_password(bearer(
-                    ChangePasswordRequest {
-                        current_password: "ned's password".into(),
-                        new_password: "ned's new password".into(),
-                    },
-                    &access,
-                ))
-                .await
-        }
-    });
+    let change = spawn_change_password(
+        &app,
+        &session.access_token,
+        "ned's password",
+        "ned's new password",
+    );
     wait_for_blocked(&app, 3).await;
     tx.commit().await.unwrap();
 
@@ -1021,33 +1005,13 @@ async fn a_password_changed_during_a_login_or_a_change_wins_over_the_old_one() {
         .execute(&mut *tx)
         .await
         .unwrap();
-    let login = tokio::spawn({
-        let mut client = app.client.clone();
-        async move {
-            client
-                .login(LoginRequest {
-                    email: email.into(),
-                    password: "olga's password".into(),
-                    ..Default::default()
-                })
-                .await
-        }
-    });
-    let change = tokio::spawn({
-        let mut client = app.account.clone();
-        let access = session.access_token.clone();
-        async move {
-            client
-                .change_password(bearer(
-                    ChangePasswordRequest {
-                        current_password: "olga's password".into(),
-                        new_password: "olga's second password".into(),
-                    },
-                    &access,
-                ))
-                .await
-        }
-    });
+    let login = spawn_login(&app, email, "olga's password");
+    let change = spawn_change_password(
+        &app,
+        &session.access_token,
+        "olga's password",
+        "olga's second password",
+    );
     wait_for_blocked(&app, 2).await;
     tx.commit().await.unwrap();
 

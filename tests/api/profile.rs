@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use realchat_testkit::app::{TestApp, bearer};
-use realchat_testkit::broker::{bootstrap_servers, relay_config};
+use realchat_testkit::broker::{InProcessRelay, bootstrap_servers};
 use realchat_testkit::db::create_database;
 use realchat_testkit::wait::eventually;
 
@@ -63,13 +63,7 @@ async fn one_profile_per_user_even_after_redelivery() {
     let app = TestApp::spawn().await;
     let prefix = format!("rc-test-{}.", Uuid::new_v4().simple());
     let topic = format!("{prefix}user");
-    let (stop_relay, relay_stopped) = oneshot::channel::<()>();
-    let relay = tokio::spawn(realchat_relay::run(
-        relay_config(&app.database_url, &prefix),
-        async {
-            let _ = relay_stopped.await;
-        },
-    ));
+    let relay = InProcessRelay::start(&app.database_url, &prefix);
     let user_id = app.register("pat@example.com", "pat's password").await;
     let event_id: Uuid = sqlx::query_scalar("SELECT id FROM outbox")
         .fetch_one(&app.pool)
@@ -97,8 +91,7 @@ async fn one_profile_per_user_even_after_redelivery() {
         .unwrap();
     assert_eq!(profiles, [(user_id, "pat@example.com".to_owned())]);
 
-    stop_relay.send(()).unwrap();
-    relay.await.unwrap().unwrap();
+    relay.stop().await.unwrap();
     app.stop().await;
 }
 
@@ -124,13 +117,7 @@ async fn a_deleted_users_profile_is_erased_and_a_redelivery_does_not_bring_it_ba
     let app = TestApp::spawn().await;
     let prefix = format!("rc-test-{}.", Uuid::new_v4().simple());
     let topic = format!("{prefix}user");
-    let (stop_relay, relay_stopped) = oneshot::channel::<()>();
-    let relay = tokio::spawn(realchat_relay::run(
-        relay_config(&app.database_url, &prefix),
-        async {
-            let _ = relay_stopped.await;
-        },
-    ));
+    let relay = InProcessRelay::start(&app.database_url, &prefix);
     let sam = app.register("sam@example.com", "sam's password").await;
     let kim = app.register("kim@example.com", "kim's password").await;
     let sam_registered = event_id(&app.pool, sam, "UserRegistered").await;
@@ -186,7 +173,6 @@ async fn a_deleted_users_profile_is_erased_and_a_redelivery_does_not_bring_it_ba
             .unwrap();
     assert_eq!(sam_deliveries, 2);
 
-    stop_relay.send(()).unwrap();
-    relay.await.unwrap().unwrap();
+    relay.stop().await.unwrap();
     app.stop().await;
 }

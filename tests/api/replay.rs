@@ -39,11 +39,9 @@ use realchat_auth::proto::{
     RevokeSessionRequest,
 };
 use realchat_testkit::app::{TestApp, bearer};
-use realchat_testkit::broker::{consumer, partitions, relay_config};
+use realchat_testkit::broker::{InProcessRelay, consumer, partitions};
 use realchat_testkit::jwt;
 use realchat_testkit::wait::eventually;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 use uuid::Uuid;
@@ -119,7 +117,7 @@ async fn replaying_the_user_topic_rebuilds_every_account_and_live_session() {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut model = Model::new(&mut rng);
     let mut stats = Stats::default();
-    let mut relay = Some(Relay::start(&app.database_url, &prefix));
+    let mut relay = Some(InProcessRelay::start(&app.database_url, &prefix));
     let (stop_at, restart_at, crash_at) = (CALLS * 35 / 100, CALLS * 65 / 100, CALLS * 80 / 100);
     let (mut stopped, mut restarted, mut crashed) = (false, false, false);
     let mut deleted_while_waiting = false;
@@ -135,7 +133,8 @@ async fn replaying_the_user_topic_rebuilds_every_account_and_live_session() {
                 if trace {
                     eprintln!("step {step}: the relay stops");
                 }
-                let (answers, ()) = tokio::join!(run_batch(&batch, &clients), running.stop(seed));
+                let (answers, ()) =
+                    tokio::join!(run_batch(&batch, &clients), stop_relay(running, seed));
                 answers
             }
             // Later it dies (its task dropped wherever it is, maybe between
@@ -148,7 +147,7 @@ async fn replaying_the_user_topic_rebuilds_every_account_and_live_session() {
                 }
                 let (answers, ()) = tokio::join!(run_batch(&batch, &clients), running.kill());
                 unmarked = unmark_latest(&app, 5).await;
-                relay = Some(Relay::start(&app.database_url, &prefix));
+                relay = Some(InProcessRelay::start(&app.database_url, &prefix));
                 answers
             }
             running => {
@@ -185,7 +184,7 @@ async fn replaying_the_user_topic_rebuilds_every_account_and_live_session() {
             if trace {
                 eprintln!("step {step}: the relay starts again ({waiting_at_restart} rows wait)");
             }
-            relay = Some(Relay::start(&app.database_url, &prefix));
+            relay = Some(InProcessRelay::start(&app.database_url, &prefix));
         }
         step += 1;
     }
@@ -202,7 +201,7 @@ async fn replaying_the_user_topic_rebuilds_every_account_and_live_session() {
     app.wait_all_published(Duration::from_secs(60)).await;
     let outbox = read_outbox(&app, 0).await;
     let records = read_topic(&topic, &log.rows, seed).await;
-    relay.take().expect("the relay runs").stop(seed).await;
+    stop_relay(relay.take().expect("the relay runs"), seed).await;
     let database = database_projection(&app, seed).await;
 
     let mut problems = Vec::new();
@@ -307,7 +306,7 @@ async fn a_deleted_accounts_waiting_events_keep_no_email_once_published() {
         .expect("delete the account");
     assert_eq!(app.unpublished().await, 3, "no relay has run yet");
 
-    let relay = Relay::start(&app.database_url, &prefix);
+    let relay = InProcessRelay::start(&app.database_url, &prefix);
     app.wait_all_published(Duration::from_secs(30)).await;
     let consumer = consumer(&format!("{prefix}user")).await;
     let delivered =
@@ -328,7 +327,7 @@ async fn a_deleted_accounts_waiting_events_keep_no_email_once_published() {
         ["email", "session_id", "deleted_at"],
         "UserRegistered, SessionStarted, UserDeleted, in order"
     );
-    relay.stop(0).await;
+    relay.stop().await.unwrap();
 
     eventually(
         Duration::from_secs(10),
@@ -507,39 +506,11 @@ async fn unmark_latest(app: &TestApp, n: i64) -> usize {
 
 /// The relay in-process, so the test can stop it (and wait for its end) and
 /// start it again.
-struct Relay {
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<anyhow::Result<()>>,
-}
-
-impl Relay {
-    fn start(database_url: &str, prefix: &str) -> Self {
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(realchat_relay::run(
-            relay_config(database_url, prefix),
-            async {
-                let _ = stopped.await;
-            },
-        ));
-        Self { stop, task }
-    }
-
-    /// Drops the relay wherever it is, as a crash would (its connections
-    /// close, so its advisory lock is released).
-    async fn kill(self) {
-        self.task.abort();
-        let _ = self.task.await;
-    }
-
-    async fn stop(self, seed: u64) {
-        let _ = self.stop.send(());
-        let ended = tokio::time::timeout(Duration::from_secs(30), self.task)
-            .await
-            .unwrap_or_else(|_| panic!("REPLAY_SEED={seed}: the relay stops within 30 s"));
-        ended
-            .expect("relay task")
-            .unwrap_or_else(|e| panic!("REPLAY_SEED={seed}: the relay exits cleanly: {e:#}"));
-    }
+/// Stops `relay`, naming the seed if it does not stop cleanly in time.
+async fn stop_relay(relay: InProcessRelay, seed: u64) {
+    relay.stop().await.unwrap_or_else(|e| {
+        panic!("REPLAY_SEED={seed}: the relay stops cleanly within 30 s: {e:#}")
+    });
 }
 
 // ---------------------------------------------------------------------------

@@ -11,7 +11,8 @@ use realchat_testkit::jwt::{b64_json, parts};
 use realchat_testkit::keys::write_key_file;
 use realchat_testkit::wait::eventually;
 
-async fn refresh(app: &TestApp, token: &str) -> Result<RefreshResponse, tonic::Status> {
+/// Refresh with `token`.
+pub(crate) async fn refresh(app: &TestApp, token: &str) -> Result<RefreshResponse, tonic::Status> {
     app.client
         .clone()
         .refresh(RefreshRequest {
@@ -25,7 +26,8 @@ async fn logout(app: &TestApp, token: &str) -> Result<(), tonic::Status> {
     logout_scoped(app, token, LogoutScope::Unspecified).await
 }
 
-async fn logout_scoped(
+/// Logout of `token` with `scope`.
+pub(crate) async fn logout_scoped(
     app: &TestApp,
     token: &str,
     scope: LogoutScope,
